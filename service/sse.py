@@ -1,0 +1,55 @@
+"""Server-sent events framing and the priming that keeps early errors out of the stream.
+
+A streamed response must commit to HTTP 200 before its first byte. Running the
+event generator up to its first event *before* returning the response turns
+admission refusals and engine validation errors into ordinary JSON errors with
+the right status; only failures after the first token become an SSE error event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi.responses import StreamingResponse
+
+from engine.protocol import EngineDeadError
+from service.errors import APIError, error_body
+
+logger = logging.getLogger(__name__)
+
+DONE = "data: [DONE]\n\n"
+
+
+def encode_event(payload: dict) -> str:
+    return "data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n\n"
+
+
+async def _with_first(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    try:
+        async for event in rest:
+            yield event
+    except APIError as error:
+        yield encode_event(error_body(error.message, error.type, error.param, error.code))
+        yield DONE
+    except EngineDeadError as error:
+        yield encode_event(error_body(f"engine failed: {error}", "service_unavailable_error", code="engine_dead"))
+        yield DONE
+    finally:
+        await rest.aclose()
+
+
+async def primed_event_stream(events: AsyncIterator[str]) -> StreamingResponse:
+    """Start ``events``; errors before its first event propagate to the caller."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    return StreamingResponse(
+        _with_first(first, events),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
