@@ -150,11 +150,11 @@ class VllmEngine:
         return await self.tokenize(text)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        params = to_sampling_params(request.sampling)
         prompt = tokens_input(list(request.prompt_token_ids))
         num_top = request.sampling.logprobs
         first = True
         try:
+            params = to_sampling_params(request.sampling)
             async for output in self._llm.generate(prompt, params, request.request_id):
                 queue_time = _engine_queue_time(output) if first else None
                 first = False
@@ -171,7 +171,8 @@ class VllmEngine:
         except VllmEngineDeadError as error:
             raise EngineDeadError(str(error) or "the engine died") from error
         except (VLLMClientError, ValueError) as error:
-            raise InvalidRequestError(str(error)) from error
+            message = error.args[0] if error.args else str(error)
+            raise InvalidRequestError(message, param=getattr(error, "parameter", None)) from error
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

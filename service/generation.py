@@ -142,6 +142,7 @@ def sampling_options(
     presence_penalty: float,
     frequency_penalty: float,
     logprobs: int | None,
+    ignore_eos: bool = False,
 ) -> SamplingOptions:
     """OpenAI defaults (temperature 1, top_p 1) applied where the client sent nothing."""
     return SamplingOptions(
@@ -154,6 +155,7 @@ def sampling_options(
         presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty,
         logprobs=logprobs,
+        ignore_eos=ignore_eos,
     )
 
 

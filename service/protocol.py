@@ -60,6 +60,7 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM extension: keep generating past end-of-sequence")
 
     @field_validator("stop")
     @classmethod

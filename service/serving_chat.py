@@ -56,6 +56,7 @@ class ChatCompletionServing:
                 max_tokens=max_tokens, n=body.n, temperature=body.temperature, top_p=body.top_p,
                 seed=body.seed, stop=body.stop_sequences(), presence_penalty=body.presence_penalty,
                 frequency_penalty=body.frequency_penalty, logprobs=body.requested_logprobs(),
+                ignore_eos=body.ignore_eos,
             ),
         )
         deltas = tracked_generation(self._context, request, arrival_s)

@@ -83,6 +83,7 @@ class CompletionServing:
                 max_tokens=max_tokens, n=body.n, temperature=body.temperature, top_p=body.top_p,
                 seed=body.seed, stop=body.stop_sequences(), presence_penalty=body.presence_penalty,
                 frequency_penalty=body.frequency_penalty, logprobs=body.logprobs,
+                ignore_eos=body.ignore_eos,
             ),
         )
 

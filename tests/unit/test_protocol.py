@@ -1,0 +1,81 @@
+"""OpenAI request models -> engine sampling options, without a model."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service.errors import APIError
+from service.generation import resolve_max_tokens, sampling_options
+from service.protocol import ChatCompletionRequest, CompletionRequest
+from service.serving_chat import chat_logprobs
+from service.serving_completion import completion_logprobs
+from engine.protocol import TokenLogprob
+
+
+def test_chat_defaults_follow_openai():
+    request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert request.requested_max_tokens() is None
+    assert request.requested_logprobs() is None
+    options = sampling_options(max_tokens=5, n=request.n, temperature=request.temperature, top_p=request.top_p,
+                               seed=None, stop=request.stop_sequences(), presence_penalty=0, frequency_penalty=0,
+                               logprobs=None)
+    assert (options.temperature, options.top_p, options.n, options.stop) == (1.0, 1.0, 1, ())
+
+
+def test_max_completion_tokens_wins_over_deprecated_max_tokens():
+    request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                    max_tokens=10, max_completion_tokens=3)
+    assert request.requested_max_tokens() == 3
+
+
+def test_chat_logprobs_field_mapping():
+    assert ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], logprobs=True).requested_logprobs() == 0
+    assert ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], logprobs=True,
+                                 top_logprobs=4).requested_logprobs() == 4
+
+
+def test_content_parts_are_joined():
+    request = ChatCompletionRequest(model="m", messages=[
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+    assert request.messages[0].text() == "ab"
+
+
+@pytest.mark.parametrize("prompt,expected", [
+    ("hi", ["hi"]),
+    (["a", "b"], ["a", "b"]),
+    ([1, 2, 3], [[1, 2, 3]]),
+    ([[1], [2, 3]], [[1], [2, 3]]),
+])
+def test_completion_prompt_shapes(prompt, expected):
+    assert CompletionRequest(model="m", prompt=prompt).prompts() == expected
+
+
+@pytest.mark.parametrize("field,value", [
+    ("temperature", 2.01), ("top_p", 0.0), ("n", 17), ("stop", [""]), ("stop", ["1", "2", "3", "4", "5"]),
+    ("presence_penalty", 2.5), ("logprobs", 21), ("max_tokens", 0), ("prompt", []),
+])
+def test_completion_rejects_out_of_range(field, value):
+    with pytest.raises(ValidationError) as raised:
+        CompletionRequest(**{"model": "m", "prompt": "x", field: value})
+    assert raised.value.errors()[0]["loc"][0] == field
+
+
+def test_resolve_max_tokens():
+    assert resolve_max_tokens(None, 10, 100, "max_tokens") == 90
+    assert resolve_max_tokens(90, 10, 100, "max_tokens") == 90
+    with pytest.raises(APIError) as too_long:
+        resolve_max_tokens(91, 10, 100, "max_tokens")
+    assert (too_long.value.status_code, too_long.value.param, too_long.value.code) == (
+        400, "max_tokens", "context_length_exceeded")
+    with pytest.raises(APIError):
+        resolve_max_tokens(None, 100, 100, "max_completion_tokens")
+
+
+def test_logprob_formats():
+    entries = [TokenLogprob("He", -0.5, (("He", -0.5), ("I", -1.0))), TokenLogprob("llo", -0.1, (("llo", -0.1),))]
+    legacy = completion_logprobs(entries, 3)
+    assert legacy == {"tokens": ["He", "llo"], "token_logprobs": [-0.5, -0.1],
+                      "top_logprobs": [{"He": -0.5, "I": -1.0}, {"llo": -0.1}], "text_offset": [3, 5]}
+    chat = chat_logprobs(entries)["content"]
+    assert chat[0]["bytes"] == [72, 101] and chat[0]["top_logprobs"][1] == {"token": "I", "logprob": -1.0, "bytes": [73]}
