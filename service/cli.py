@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
+from service.request_log import configure_logging
 from service.settings import Settings
 
 logger = logging.getLogger("leanserve")
@@ -56,11 +57,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
     from engine.catalogue import resolve_model
     from engine.vllm_engine import VllmEngine, VllmEngineConfig
     from service.app import create_app
+    from service.server import run_server
 
     for key, value in _VLLM_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -80,9 +80,7 @@ def serve(settings: Settings) -> int:
     )
     app = create_app(settings, name, lambda: VllmEngine.start(config))
     logger.info("serving %s (%s) on http://%s:%d/v1", name, resolved.path, settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=30)
-    return 0
+    return run_server(app, settings.host, settings.port, settings.log_level, settings.drain_timeout_s)
 
 
 def prepare_model(settings: Settings) -> int:
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     add_settings_flags(commands.add_parser("prepare-model", help="download and convert --model into the cache"))
     args = parser.parse_args(argv)
     settings = settings_from_args(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format == "json")
     if args.command == "serve":
         return serve(settings)
     return prepare_model(settings)

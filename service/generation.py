@@ -9,27 +9,49 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from engine.protocol import Engine, GenerationDelta, GenerationRequest, InvalidRequestError, SamplingOptions
 from service import metrics
 from service.admission import AdmissionController
-from service.errors import bad_request
+from service.errors import APIError, bad_request
+from service.limits import RequestLimits, check_prompt_tokens
 
 
 @dataclass(frozen=True)
 class GenerationContext:
-    """What a serving class needs to run generations: the engine and its gatekeeper."""
+    """What a serving class needs to run generations: the engine, its gatekeeper, the bounds."""
 
     engine: Engine
     admission: AdmissionController
     model_name: str
+    limits: RequestLimits = RequestLimits()
 
 
-def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_model_len: int, param: str) -> int:
+@dataclass(frozen=True)
+class RequestScope:
+    """Per-HTTP-request facts the generation path needs: when it arrived, when it must end,
+    and whom to tell how many tokens it used (per-key token budgets)."""
+
+    arrival_s: float
+    deadline_s: float | None = None
+    on_tokens: Callable[[int], None] | None = None
+
+    def remaining_s(self) -> float | None:
+        return None if self.deadline_s is None else self.deadline_s - time.monotonic()
+
+
+def deadline_exceeded() -> APIError:
+    return APIError(504, "the request did not finish within its deadline", "timeout_error", code="request_timeout")
+
+
+def resolve_max_tokens(
+    requested: int | None, prompt_tokens: int, max_model_len: int, param: str, limits: RequestLimits = RequestLimits(),
+) -> int:
     """Fit max_tokens into the context window, or explain in a 400 why it cannot fit."""
+    check_prompt_tokens(prompt_tokens, limits, "messages" if param == "max_completion_tokens" else "prompt")
     available = max_model_len - prompt_tokens
     if requested is None:
         if available < 1:
@@ -39,7 +61,7 @@ def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_model_len:
                 param="messages" if param == "max_completion_tokens" else "prompt",
                 code="context_length_exceeded",
             )
-        return available
+        return available if limits.max_tokens_limit is None else min(available, limits.max_tokens_limit)
     if requested > available:
         raise bad_request(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
@@ -54,30 +76,44 @@ def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_model_len:
 async def tracked_generation(
     context: GenerationContext,
     request: GenerationRequest,
-    arrival_s: float,
+    scope: RequestScope,
 ) -> AsyncIterator[GenerationDelta]:
-    """Run one engine request inside an admission slot and record its metrics."""
-    stats = metrics.RequestStats(arrival_s=arrival_s, prompt_tokens=len(request.prompt_token_ids))
+    """Run one engine request inside an admission slot, within its deadline; record its metrics.
+
+    Timeouts wrap single awaits, never a ``yield``: a timeout spanning a yield
+    would cancel whatever the consumer is doing at that moment instead.
+    """
+    stats = metrics.RequestStats(arrival_s=scope.arrival_s, prompt_tokens=len(request.prompt_token_ids))
     last_token_at: dict[int, float] = {}
     finished = 0
-    async with context.admission.slot():
-        admitted_s = time.monotonic()
-        try:
-            async with aclosing(context.engine.generate(request)) as stream:
-                async for delta in stream:
-                    now = time.monotonic()
-                    if stats.scheduled_s is None:
-                        stats.scheduled_s = admitted_s + (delta.queue_time_s or 0.0)
-                    _record_tokens(stats, last_token_at, delta, now)
-                    if delta.finish_reason is not None:
-                        finished += 1
-                        stats.finish_reasons.append(delta.finish_reason)
-                    yield delta
-        except InvalidRequestError as error:
-            raise bad_request(str(error), param=error.param) from error
-        finally:
-            stats.finish_reasons.extend(["abort"] * (request.sampling.n - finished))
-            metrics.record_request(context.model_name, stats)
+    try:
+        async with context.admission.slot(timeout_s=scope.remaining_s()):
+            admitted_s = time.monotonic()
+            try:
+                async with aclosing(context.engine.generate(request)) as stream:
+                    while True:
+                        try:
+                            async with asyncio.timeout(scope.remaining_s()):
+                                delta = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                        now = time.monotonic()
+                        if stats.scheduled_s is None:
+                            stats.scheduled_s = admitted_s + (delta.queue_time_s or 0.0)
+                        _record_tokens(stats, last_token_at, delta, now)
+                        if delta.finish_reason is not None:
+                            finished += 1
+                            stats.finish_reasons.append(delta.finish_reason)
+                        yield delta
+            except InvalidRequestError as error:
+                raise bad_request(str(error), param=error.param) from error
+            finally:
+                stats.finish_reasons.extend(["abort"] * (request.sampling.n - finished))
+                metrics.record_request(context.model_name, stats)
+                if scope.on_tokens is not None:
+                    scope.on_tokens(stats.prompt_tokens + stats.output_tokens)
+    except TimeoutError as error:
+        raise deadline_exceeded() from error
 
 
 def _record_tokens(

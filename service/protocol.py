@@ -1,7 +1,9 @@
 """OpenAI request models, ordered like OpenAI's API reference.
 
-Ranges are checked here so that every out-of-range value is a 400 with the
-offending ``param`` before anything reaches the engine. Unknown fields are
+Ranges fixed by the API are checked here; bounds an operator sets (n, stop
+sequences, logprobs, prompt count) are checked against ``RequestLimits`` in
+``service/limits.py``. Either way an out-of-range value is a 400 naming its
+``param`` before anything reaches the engine. Unknown fields are
 ignored, as vLLM does, so that clients sending newer OpenAI fields still work.
 """
 
@@ -10,10 +12,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-_MAX_N = 16
-_MAX_STOP = 4
-_MAX_TOP_LOGPROBS = 20
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -50,7 +48,7 @@ class _SamplingFields(_Request):
     """Fields shared by chat and completions."""
 
     model: str
-    n: int = Field(1, ge=1, le=_MAX_N)
+    n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -62,15 +60,12 @@ class _SamplingFields(_Request):
     user: str | None = None
     ignore_eos: bool = Field(False, description="vLLM extension: keep generating past end-of-sequence")
 
+    timeout_s: float | None = Field(None, gt=0, description="leanserve extension: this request's deadline")
+
     @field_validator("stop")
     @classmethod
-    def _bounded_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list):
-            if len(value) > _MAX_STOP:
-                raise ValueError(f"at most {_MAX_STOP} stop sequences are allowed")
-            if any(not sequence for sequence in value):
-                raise ValueError("stop sequences must not be empty")
-        elif value == "":
+    def _non_empty_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value == "" or (isinstance(value, list) and any(not sequence for sequence in value)):
             raise ValueError("stop sequences must not be empty")
         return value
 
@@ -87,7 +82,7 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="deprecated alias of max_completion_tokens")
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=_MAX_TOP_LOGPROBS)
+    top_logprobs: int | None = Field(None, ge=0)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -107,7 +102,7 @@ class CompletionRequest(_SamplingFields):
 
     prompt: str | list[str] | PromptTokens | list[PromptTokens]
     max_tokens: int = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=_MAX_TOP_LOGPROBS)
+    logprobs: int | None = Field(None, ge=0)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)

@@ -7,15 +7,18 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from engine.protocol import EngineDeadError
 from service.admission import AdmissionRejected
-from service.auth import require_api_key
+from service.auth import API_KEY_SCOPE_FIELD
 from service.errors import APIError, error_response
-from service.generation import validate_model
+from service.generation import RequestScope, validate_model
+from service.limits import check_request_limits
 from service.protocol import ChatCompletionRequest, CompletionRequest
+from service.rate_limit import KeyRateLimiter, RateLimited
 
 if TYPE_CHECKING:
     from service.app import ServerState
@@ -50,34 +53,52 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     return handler.result()
 
 
-def build_router(state: ServerState, api_keys: tuple[str, ...], retry_after_s: int) -> APIRouter:
-    router = APIRouter()
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key(api_keys))])
+def _too_many(message: str, retry_after_s: int) -> Response:
+    return error_response(APIError(
+        429, message, "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(retry_after_s)},
+    ))
 
-    async def serve(request: Request, work: Awaitable[Response]) -> Response:
+
+def build_router(
+    state: ServerState, limiter: KeyRateLimiter, retry_after_s: int, request_timeout_s: float | None,
+) -> APIRouter:
+    router = APIRouter()
+    v1 = APIRouter(prefix="/v1")
+
+    def request_scope(body: ChatCompletionRequest | CompletionRequest, request: Request) -> RequestScope:
+        """Check what a generation request may ask, and charge its key; raises on refusal."""
+        arrival_s = time.monotonic()
+        state.require_ready()
+        validate_model(body.model, state.model_name)
+        check_request_limits(body, state.limits)
+        timeouts = [t for t in (request_timeout_s, body.timeout_s) if t is not None]
+        deadline_s = arrival_s + min(timeouts) if timeouts else None
+        api_key = request.scope.get("state", {}).get(API_KEY_SCOPE_FIELD)
+        if api_key is None or not limiter.enabled:
+            return RequestScope(arrival_s, deadline_s)
+        limiter.admit(api_key)
+        return RequestScope(arrival_s, deadline_s, lambda tokens: limiter.charge_tokens(api_key, tokens))
+
+    async def serve(request: Request, body: ChatCompletionRequest | CompletionRequest, create) -> Response:
         try:
-            return await cancel_on_disconnect(request, work)
+            return await cancel_on_disconnect(request, create(body, request_scope(body, request)))
+        except RateLimited as error:
+            return _too_many(str(error), error.retry_after_s)
         except AdmissionRejected as error:
-            return error_response(APIError(
-                429, str(error), "rate_limit_error", code="rate_limit_exceeded",
-                headers={"Retry-After": str(retry_after_s)},
-            ))
+            return _too_many(str(error), retry_after_s)
+        except EngineDeadError as error:
+            return error_response(APIError(503, f"engine failed: {error}", "service_unavailable_error",
+                                           code="engine_dead"))
         except ClientDisconnected:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @v1.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        arrival_s = time.monotonic()
-        chat, _ = state.require_ready()
-        validate_model(body.model, state.model_name)
-        return await serve(request, chat.create(body, arrival_s))
+        return await serve(request, body, lambda b, scope: state.chat.create(b, scope))
 
     @v1.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        arrival_s = time.monotonic()
-        _, completion = state.require_ready()
-        validate_model(body.model, state.model_name)
-        return await serve(request, completion.create(body, arrival_s))
+        return await serve(request, body, lambda b, scope: state.completion.create(b, scope))
 
     @v1.get("/models")
     async def list_models() -> dict:
@@ -96,7 +117,7 @@ def build_router(state: ServerState, api_keys: tuple[str, ...], retry_after_s: i
     async def ready() -> Response:
         if state.ready:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "dead" if state.dead_reason else "loading"}, status_code=503)
+        return JSONResponse({"status": state.status}, status_code=503)
 
     @router.get("/metrics")
     async def prometheus_metrics() -> Response:

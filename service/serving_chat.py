@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.protocol import GenerationDelta, GenerationRequest, TokenLogprob
 from service.generation import (
     GenerationContext,
+    RequestScope,
     resolve_max_tokens,
     sampling_options,
     tracked_generation,
@@ -42,12 +43,13 @@ class ChatCompletionServing:
     def __init__(self, context: GenerationContext) -> None:
         self._context = context
 
-    async def create(self, body: ChatCompletionRequest, arrival_s: float) -> JSONResponse | StreamingResponse:
+    async def create(self, body: ChatCompletionRequest, scope: RequestScope) -> JSONResponse | StreamingResponse:
         info = self._context.engine.info()
         messages = [{"role": message.role, "content": message.text()} for message in body.messages]
         prompt_ids = await self._context.engine.render_chat(messages)
         max_tokens = resolve_max_tokens(
             body.requested_max_tokens(), len(prompt_ids), info.max_model_len, "max_completion_tokens",
+            self._context.limits,
         )
         request = GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -59,7 +61,7 @@ class ChatCompletionServing:
                 ignore_eos=body.ignore_eos,
             ),
         )
-        deltas = tracked_generation(self._context, request, arrival_s)
+        deltas = tracked_generation(self._context, request, scope)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await primed_event_stream(self._events(request, deltas, include_usage))

@@ -16,6 +16,7 @@ from engine.protocol import GenerationDelta, GenerationRequest, TokenLogprob
 from service.errors import bad_request
 from service.generation import (
     GenerationContext,
+    RequestScope,
     merge_streams,
     resolve_max_tokens,
     sampling_options,
@@ -24,9 +25,6 @@ from service.generation import (
 )
 from service.protocol import CompletionRequest
 from service.sse import DONE, encode_event, primed_event_stream
-
-MAX_PROMPTS = 64
-
 
 def completion_logprobs(entries: list[TokenLogprob], text_offset: int) -> dict:
     """Engine logprobs -> the legacy completions ``logprobs`` object."""
@@ -57,14 +55,12 @@ class CompletionServing:
     def __init__(self, context: GenerationContext) -> None:
         self._context = context
 
-    async def create(self, body: CompletionRequest, arrival_s: float) -> JSONResponse | StreamingResponse:
+    async def create(self, body: CompletionRequest, scope: RequestScope) -> JSONResponse | StreamingResponse:
         _check_unsupported(body)
         prompts = body.prompts()
-        if len(prompts) > MAX_PROMPTS:
-            raise bad_request(f"at most {MAX_PROMPTS} prompts per request", param="prompt")
         base_id = f"cmpl-{uuid.uuid4().hex}"
         requests = [await self._engine_request(f"{base_id}-{i}", prompt, body) for i, prompt in enumerate(prompts)]
-        deltas = merge_streams([tracked_generation(self._context, request, arrival_s) for request in requests])
+        deltas = merge_streams([tracked_generation(self._context, request, scope) for request in requests])
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await primed_event_stream(self._events(base_id, requests, deltas, include_usage))
@@ -75,7 +71,9 @@ class CompletionServing:
         prompt_ids = await self._context.engine.tokenize(prompt) if isinstance(prompt, str) else prompt
         if not prompt_ids:
             raise bad_request("prompt must not be empty", param="prompt")
-        max_tokens = resolve_max_tokens(body.max_tokens, len(prompt_ids), info.max_model_len, "max_tokens")
+        max_tokens = resolve_max_tokens(
+            body.max_tokens, len(prompt_ids), info.max_model_len, "max_tokens", self._context.limits,
+        )
         return GenerationRequest(
             request_id=request_id,
             prompt_token_ids=prompt_ids,

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from service.errors import APIError
 from service.generation import resolve_max_tokens, sampling_options
+from service.limits import RequestLimits, check_request_limits
 from service.protocol import ChatCompletionRequest, CompletionRequest
 from service.serving_chat import chat_logprobs
 from service.serving_completion import completion_logprobs
@@ -52,8 +53,8 @@ def test_completion_prompt_shapes(prompt, expected):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("temperature", 2.01), ("top_p", 0.0), ("n", 17), ("stop", [""]), ("stop", ["1", "2", "3", "4", "5"]),
-    ("presence_penalty", 2.5), ("logprobs", 21), ("max_tokens", 0), ("prompt", []),
+    ("temperature", 2.01), ("top_p", 0.0), ("n", 0), ("stop", [""]), ("presence_penalty", 2.5),
+    ("logprobs", -1), ("max_tokens", 0), ("prompt", []), ("timeout_s", 0),
 ])
 def test_completion_rejects_out_of_range(field, value):
     with pytest.raises(ValidationError) as raised:
@@ -79,3 +80,27 @@ def test_logprob_formats():
                       "top_logprobs": [{"He": -0.5, "I": -1.0}, {"llo": -0.1}], "text_offset": [3, 5]}
     chat = chat_logprobs(entries)["content"]
     assert chat[0]["bytes"] == [72, 101] and chat[0]["top_logprobs"][1] == {"token": "I", "logprob": -1.0, "bytes": [73]}
+
+
+@pytest.mark.parametrize("field,value,param", [
+    ("n", 3, "n"), ("stop", ["a", "b", "c"], "stop"), ("logprobs", 3, "logprobs"),
+    ("prompt", ["a", "b", "c"], "prompt"), ("max_tokens", 101, "max_tokens"),
+])
+def test_operator_limits_name_the_field(field, value, param):
+    limits = RequestLimits(max_n=2, max_prompts=2, max_stop_sequences=2, max_logprobs=2, max_tokens_limit=100)
+    check_request_limits(CompletionRequest(model="m", prompt="x", n=2, max_tokens=100), limits)
+    with pytest.raises(APIError) as raised:
+        check_request_limits(CompletionRequest(**{"model": "m", "prompt": "x", field: value}), limits)
+    assert (raised.value.status_code, raised.value.param) == (400, param)
+
+
+def test_chat_limits_and_prompt_token_bound():
+    limits = RequestLimits(max_logprobs=2, max_tokens_limit=10, max_prompt_tokens=50)
+    with pytest.raises(APIError) as raised:
+        check_request_limits(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}],
+                                                   logprobs=True, top_logprobs=3), limits)
+    assert raised.value.param == "top_logprobs"
+    assert resolve_max_tokens(None, 10, 1000, "max_completion_tokens", limits) == 10
+    with pytest.raises(APIError) as too_long:
+        resolve_max_tokens(5, 51, 1000, "max_completion_tokens", limits)
+    assert too_long.value.param == "messages"

@@ -1,0 +1,51 @@
+"""Operator-set bounds on what one request may ask (``Settings`` -> ``RequestLimits``).
+
+Kept apart from the pydantic models because they are configuration, not
+protocol: a deployment may allow n=64 or forbid logprobs without forking the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.errors import bad_request
+from service.protocol import ChatCompletionRequest, CompletionRequest
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_n: int = 16
+    max_prompts: int = 64
+    max_stop_sequences: int = 4
+    max_logprobs: int = 20
+    max_prompt_tokens: int | None = None
+    max_tokens_limit: int | None = None
+
+
+def _at_most(value: int, limit: int, param: str) -> None:
+    if value > limit:
+        raise bad_request(f"{param} must be at most {limit} on this server (got {value})", param=param,
+                          code="invalid_value")
+
+
+def check_request_limits(body: ChatCompletionRequest | CompletionRequest, limits: RequestLimits) -> None:
+    """Raise a 400 naming the first field beyond its bound."""
+    _at_most(body.n, limits.max_n, "n")
+    _at_most(len(body.stop_sequences()), limits.max_stop_sequences, "stop")
+    if isinstance(body, ChatCompletionRequest):
+        if body.top_logprobs is not None:
+            _at_most(body.top_logprobs, limits.max_logprobs, "top_logprobs")
+        max_tokens, param = body.requested_max_tokens(), "max_completion_tokens"
+    else:
+        if body.logprobs is not None:
+            _at_most(body.logprobs, limits.max_logprobs, "logprobs")
+        _at_most(len(body.prompts()), limits.max_prompts, "prompt")
+        max_tokens, param = body.max_tokens, "max_tokens"
+    if limits.max_tokens_limit is not None and max_tokens is not None:
+        _at_most(max_tokens, limits.max_tokens_limit, param)
+
+
+def check_prompt_tokens(count: int, limits: RequestLimits, param: str) -> None:
+    if limits.max_prompt_tokens is not None and count > limits.max_prompt_tokens:
+        raise bad_request(f"the prompt has {count} tokens; this server accepts at most {limits.max_prompt_tokens}",
+                          param=param, code="context_length_exceeded")

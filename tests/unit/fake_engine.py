@@ -1,0 +1,60 @@
+"""A scripted ``Engine`` for testing the gateway's HTTP mechanics without a model.
+
+It "tokenizes" into one token per character and generates the letters of
+``REPLY`` one per step. Only tests about mechanics use it (limits, deadlines,
+rate limiting, drain); what the model answers is tested against the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from engine.protocol import EngineDeadError, GenerationDelta, GenerationRequest, ModelInfo
+
+REPLY = "abcdefghijklmnopqrstuvwxyz"
+
+
+class FakeEngine:
+    def __init__(self, step_s: float = 0.0, max_model_len: int = 4096, die_at_step: int | None = None) -> None:
+        self.step_s = step_s
+        self.die_at_step = die_at_step
+        self._info = ModelInfo(name="fake", max_model_len=max_model_len)
+        self.aborted: list[str] = []
+        self.dead = False
+
+    def info(self) -> ModelInfo:
+        return self._info
+
+    async def tokenize(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        return await self.tokenize("".join(f"<{m['role']}>{m['content']}" for m in messages))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        count = request.sampling.max_tokens
+        try:
+            for step in range(count):
+                await asyncio.sleep(self.step_s)
+                if step == self.die_at_step:
+                    self.dead = True
+                if self.dead:
+                    raise EngineDeadError("fake engine died")
+                last = step == count - 1
+                for index in range(request.sampling.n):
+                    yield GenerationDelta(index=index, text=REPLY[step % len(REPLY)], token_ids=[step],
+                                          finish_reason="length" if last else None)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted.append(request.request_id)
+            raise
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def check_health(self) -> None:
+        if self.dead:
+            raise EngineDeadError("fake engine died")
+
+    async def shutdown(self) -> None:
+        pass
