@@ -1,9 +1,11 @@
 """leanserve against bare vLLM: same model, machine, engine settings and load, one run.
 
 Both servers are started once and stay up; ``vllm bench serve`` (vLLM's own
-client) then drives them in alternating order for several rounds, so slow
-drift of the machine hits both alike. Reports each round, the median per
-target, and leanserve / vLLM ratios; writes JSON and a PNG.
+client) then drives them in alternating order for several rounds, with an idle
+gap before each run: on this 2-core machine the run that goes second in a round
+was 5-10% slower whichever server it was, so order must be balanced and results
+compared in pairs. Reports each round, the median per target, and paired
+leanserve / vLLM ratios; writes JSON and a PNG.
 
     python -m benchmarks.gateway_vs_vllm --rounds 3 --num-prompts 48 --concurrency 8
 """
@@ -22,8 +24,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import httpx
-
+from benchmarks.local_server import start_server
 from engine.catalogue import resolve_model
 from service.settings import Settings
 
@@ -54,21 +55,9 @@ def targets(model_dir: str, model_name: str, eager: bool, dtype: str) -> list[Ta
 
 
 def start(target: Target, log_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    log = open(log_dir / f"{target.name}.log", "wb")
-    process = subprocess.Popen(target.command, stdout=log, stderr=subprocess.STDOUT, env=env)
     ready_path = "/health" if target.name == "vllm" else "/ready"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{target.name} exited; see {log_dir / f'{target.name}.log'}")
-        try:
-            if httpx.get(target.url + ready_path, timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{target.name} did not become ready")
+    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    return start_server(target.command, log_dir / f"{target.name}.log", target.url + ready_path, env)
 
 
 def bench(target: Target, args: argparse.Namespace, model_dir: str, model_name: str, out: Path) -> dict:
@@ -90,14 +79,20 @@ def bench(target: Target, args: argparse.Namespace, model_dir: str, model_name: 
 
 
 def summarise(rounds: list[dict[str, dict]]) -> dict:
+    """Medians per target, and paired per-round comparisons (each round ran both back to back)."""
     names = rounds[0].keys()
     medians = {name: {m: statistics.median(r[name][m] for r in rounds) for m in METRICS} for name in names}
-    lean, bare = medians["leanserve"], medians["vllm"]
+    ratios = [r["leanserve"]["output_throughput"] / r["vllm"]["output_throughput"] for r in rounds]
+    ttft_deltas = [r["leanserve"]["median_ttft_ms"] - r["vllm"]["median_ttft_ms"] for r in rounds]
+    tpot_deltas = [r["leanserve"]["median_tpot_ms"] - r["vllm"]["median_tpot_ms"] for r in rounds]
     return {
         "median": medians,
-        "throughput_ratio": lean["output_throughput"] / bare["output_throughput"],
-        "ttft_p50_delta_ms": lean["median_ttft_ms"] - bare["median_ttft_ms"],
-        "tpot_p50_delta_ms": lean["median_tpot_ms"] - bare["median_tpot_ms"],
+        "throughput_ratio_per_round": [round(x, 4) for x in ratios],
+        "throughput_ratio_median": statistics.median(ratios),
+        "throughput_ratio_geomean": statistics.geometric_mean(ratios),
+        "ttft_p50_delta_ms_per_round": [round(x, 1) for x in ttft_deltas],
+        "ttft_p50_delta_ms_median": statistics.median(ttft_deltas),
+        "tpot_p50_delta_ms_median": statistics.median(tpot_deltas),
     }
 
 
@@ -123,7 +118,8 @@ def plot(rounds: list[dict[str, dict]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6, help="even: each target runs first equally often")
+    parser.add_argument("--gap-s", type=float, default=10, help="idle time between runs, to let the machine settle")
     parser.add_argument("--num-prompts", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--input-len", type=int, default=128)
@@ -144,10 +140,12 @@ def main() -> None:
         rounds = []
         for index in range(args.rounds):
             order = servers if index % 2 == 0 else servers[::-1]
-            rounds.append({
-                t.name: bench(t, args, resolved.path, resolved.name, args.out / f"round{index}-{t.name}.json")
-                for t in order
-            })
+            results = {}
+            for target in order:
+                time.sleep(args.gap_s)
+                results[target.name] = bench(target, args, resolved.path, resolved.name,
+                                             args.out / f"round{index}-{target.name}.json")
+            rounds.append(results)
             print(json.dumps(rounds[-1]), flush=True)
     finally:
         for process in processes:

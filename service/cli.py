@@ -92,8 +92,14 @@ def prepare_model(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own flags; loaded lazily, it needs no engine
+        from benchmarks.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="leanserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("bench", help="load-test OpenAI-compatible servers (leanserve bench --help)")
     add_settings_flags(commands.add_parser("serve", help="start the OpenAI-compatible server"))
     add_settings_flags(commands.add_parser("prepare-model", help="download and convert --model into the cache"))
     args = parser.parse_args(argv)

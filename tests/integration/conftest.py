@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from benchmarks.local_server import free_port, start_server
 from engine.catalogue import resolve_model
 from service.settings import Settings
 
@@ -43,41 +41,23 @@ class Server:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(base_url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server not ready after {_START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+def serve_command(port: int, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--enforce-eager", *flags]
 
 
 @pytest.fixture(scope="session")
 def server() -> Server:
-    port = _free_port()
+    port = free_port()
     log_path = Path(tempfile.mkdtemp(prefix="leanserve-test-")) / "server.log"
-    command = [
-        sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--enforce-eager",
+    command = serve_command(
+        port,
         "--api-key", API_KEY, "--api-key", SECOND_API_KEY, "--max-model-len", str(MAX_MODEL_LEN),
         "--max-body-bytes", str(MAX_BODY_BYTES), "--max-running-requests", str(MAX_RUNNING),
         "--max-queued-requests", str(MAX_QUEUED), "--kv-cache-gib", "1",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    )
     base_url = f"http://127.0.0.1:{port}"
+    process = start_server(command, log_path, f"{base_url}/ready", timeout_s=_START_TIMEOUT_S)
     try:
-        _wait_ready(base_url, process, log_path)
         resolved = resolve_model("default", Settings().cache_dir)
         yield Server(base_url, resolved.name, Path(resolved.path), process, log_path)
     finally:
