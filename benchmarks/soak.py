@@ -4,8 +4,9 @@ Starts its own server on loopback, then keeps ``--concurrency`` streaming client
 busy for ``--duration-s`` (bounded also by ``--max-requests``). A share of
 clients (``--disconnect-share``) hangs up mid-stream. Every other request must end
 either in a complete answer (every token asked for, ``finish_reason``, usage, and
-``[DONE]``) or in a 429/503 with the OpenAI error schema; anything else is
-counted as lost. Samples the server's resident memory (API process and engine
+``[DONE]``) or in a 429/503 with the OpenAI error schema (after which the client
+waits ``Retry-After``, as a well-behaved one does); anything else is counted as
+lost. Samples the server's resident memory (API process and engine
 core) and reports its slope, and checks that the running gauge returns to 0.
 
     python -m benchmarks.soak --duration-s 600 --concurrency 16
@@ -56,6 +57,8 @@ async def one_request(client: httpx.AsyncClient, model: str, rng: random.Random,
                 payload = json.loads(await response.aread())
                 kind = f"refused_{response.status_code}"
                 tally.outcomes[kind if _is_error_schema(payload) else "bad_error_schema"] += 1
+                # A well-behaved client waits as told; without it the soak measures a refusal spin.
+                await asyncio.sleep(min(float(response.headers.get("retry-after", 1)), 5.0))
                 return
             if response.status_code != 200:
                 tally.outcomes[f"status_{response.status_code}"] += 1

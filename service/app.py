@@ -132,6 +132,39 @@ async def _watch_health(state: ServerState, engine: Engine) -> None:
             return
 
 
+def _openapi_for_this_server(app: FastAPI, model_name: str, limits: RequestLimits) -> Callable[[], dict]:
+    """The spec says what *this* server accepts: its model name and its operator bounds.
+
+    FastAPI also documents 422 for body validation; leanserve answers 400, as OpenAI does.
+    """
+    build = app.openapi
+    bounds = {"n": limits.max_n, "top_logprobs": limits.max_logprobs, "logprobs": limits.max_logprobs}
+    if limits.max_tokens_limit is not None:
+        bounds |= {"max_tokens": limits.max_tokens_limit, "max_completion_tokens": limits.max_tokens_limit}
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            for name in ("ChatCompletionRequest", "CompletionRequest"):
+                properties = components.get(name, {}).get("properties", {})
+                if "model" in properties:
+                    properties["model"]["enum"] = [model_name]
+                for field, maximum in bounds.items():
+                    for option in properties.get(field, {}).get("anyOf", [properties.get(field, {})]):
+                        if option.get("type") == "integer":
+                            option["maximum"] = maximum
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(settings: Settings, model_name: str, engine_factory: EngineFactory) -> FastAPI:
     """The gateway: routes, errors, middleware, and the engine's lifecycle."""
     state = ServerState(
@@ -161,6 +194,7 @@ def create_app(settings: Settings, model_name: str, engine_factory: EngineFactor
 
     app = FastAPI(title="leanserve", version="0.1.0", lifespan=lifespan)
     app.state.server = state
+    app.openapi = _openapi_for_this_server(app, model_name, state.limits)
     install_error_handlers(app)
     app.include_router(build_router(state, limiter, settings.retry_after_s, settings.request_timeout_s))
     # Added innermost first; a request passes request id -> counting -> auth -> body limit -> routes.

@@ -44,7 +44,8 @@ class RequestScope:
 
 
 def deadline_exceeded() -> APIError:
-    return APIError(504, "the request did not finish within its deadline", "timeout_error", code="request_timeout")
+    """408, not 504: the deadline is the request's own (or the operator's) contract, not a server fault."""
+    return APIError(408, "the request did not finish within its deadline", "timeout_error", code="request_timeout")
 
 
 def resolve_max_tokens(

@@ -35,14 +35,16 @@ def check_request_limits(body: ChatCompletionRequest | CompletionRequest, limits
     if isinstance(body, ChatCompletionRequest):
         if body.top_logprobs is not None:
             _at_most(body.top_logprobs, limits.max_logprobs, "top_logprobs")
-        max_tokens, param = body.requested_max_tokens(), "max_completion_tokens"
+        asked = {"max_completion_tokens": body.max_completion_tokens, "max_tokens": body.max_tokens}
     else:
         if body.logprobs is not None:
             _at_most(body.logprobs, limits.max_logprobs, "logprobs")
         _at_most(len(body.prompts()), limits.max_prompts, "prompt")
-        max_tokens, param = body.max_tokens, "max_tokens"
-    if limits.max_tokens_limit is not None and max_tokens is not None:
-        _at_most(max_tokens, limits.max_tokens_limit, param)
+        asked = {"max_tokens": body.max_tokens}
+    if limits.max_tokens_limit is not None:
+        for param, value in asked.items():
+            if value is not None:
+                _at_most(value, limits.max_tokens_limit, param)
 
 
 def check_prompt_tokens(count: int, limits: RequestLimits, param: str) -> None:

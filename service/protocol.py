@@ -9,21 +9,42 @@ ignored, as vLLM does, so that clients sending newer OpenAI fields still work.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Timeout = Annotated[float, Field(gt=0, le=86400)]
+StopText = Annotated[str, Field(min_length=1)]
+
+
+def _numeric_only(annotation: object) -> bool:
+    """True for int/float fields (optionally None), not for fields that also take text."""
+    args = set(get_args(annotation)) or {annotation}
+    for arg in list(args):
+        args |= set(get_args(arg))
+    return bool(args & {int, float}) and str not in args and not any(get_args(a) for a in args if a is list)
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_numbers(cls, value: object, info: ValidationInfo) -> object:
+        """JSON numbers only: pydantic's lax mode would also take true and "3" (3.0 stays an integer)."""
+        if isinstance(value, (bool, str)) and _numeric_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number")
+        return value
+
 
 class StreamOptions(_Request):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class TextContentPart(_Request):
@@ -48,26 +69,19 @@ class _SamplingFields(_Request):
     """Fields shared by chat and completions."""
 
     model: str
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
+    n: PositiveInt = 1
+    stop: StopText | list[StopText] | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    ignore_eos: bool = Field(False, description="vLLM extension: keep generating past end-of-sequence")
+    ignore_eos: StrictBool = Field(False, description="vLLM extension: keep generating past end-of-sequence")
 
-    timeout_s: float | None = Field(None, gt=0, description="leanserve extension: this request's deadline")
-
-    @field_validator("stop")
-    @classmethod
-    def _non_empty_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if value == "" or (isinstance(value, list) and any(not sequence for sequence in value)):
-            raise ValueError("stop sequences must not be empty")
-        return value
+    timeout_s: Timeout | None = Field(None, description="leanserve extension: this request's deadline (s)")
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -79,10 +93,10 @@ class ChatCompletionRequest(_SamplingFields):
     """POST /v1/chat/completions"""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1, description="deprecated alias of max_completion_tokens")
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0)
+    max_completion_tokens: PositiveInt | None = None
+    max_tokens: PositiveInt | None = Field(None, description="deprecated alias of max_completion_tokens")
+    logprobs: StrictBool = False
+    top_logprobs: NonNegativeInt | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -94,18 +108,20 @@ class ChatCompletionRequest(_SamplingFields):
         return self.top_logprobs or 0
 
 
-PromptTokens = Annotated[list[int], Field(min_length=1)]
+TokenId = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
+PromptTokens = Annotated[list[TokenId], Field(min_length=1)]
+PromptText = Annotated[str, Field(min_length=1)]
 
 
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions"""
 
-    prompt: str | list[str] | PromptTokens | list[PromptTokens]
-    max_tokens: int = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0)
-    echo: bool = False
+    prompt: PromptText | list[PromptText] | PromptTokens | list[PromptTokens]
+    max_tokens: PositiveInt | None = Field(None, description="default 16, capped by the server's limit")
+    logprobs: NonNegativeInt | None = None
+    echo: StrictBool = False
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: PositiveInt | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -122,3 +138,102 @@ class CompletionRequest(_SamplingFields):
         if prompt and isinstance(prompt[0], int):
             return [prompt]  # type: ignore[list-item]
         return list(prompt)  # type: ignore[arg-type]
+
+
+# Responses. The gateway builds them as plain dicts on the hot path; these models
+# document them in the OpenAPI spec (which clients and schemathesis check against).
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: str | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Status(BaseModel):
+    status: str
+    reason: str | None = None

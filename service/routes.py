@@ -17,7 +17,15 @@ from service.auth import API_KEY_SCOPE_FIELD
 from service.errors import APIError, error_response
 from service.generation import RequestScope, validate_model
 from service.limits import check_request_limits
-from service.protocol import ChatCompletionRequest, CompletionRequest
+from service.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelList,
+    Status,
+)
 from service.rate_limit import KeyRateLimiter, RateLimited
 
 if TYPE_CHECKING:
@@ -51,6 +59,20 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         await asyncio.gather(handler, return_exceptions=True)
         raise ClientDisconnected()
     return handler.result()
+
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 429, 503)}
+# OpenAPI < 3.2: an event-stream ``schema`` describes one event. Each ``data`` is a JSON chunk
+# (or an error object), and the last one is the literal ``[DONE]``.
+_EVENT_STREAM = {"text/event-stream": {"schema": {
+    "type": "object",
+    "properties": {"data": {"type": "string", "description": "a JSON chunk, or [DONE] at the end"}},
+    "required": ["data"],
+}}}
+
+
+def _generation_responses(model: type) -> dict:
+    return {200: {"model": model, "content": _EVENT_STREAM}, **_ERRORS}
 
 
 def _too_many(message: str, retry_after_s: int) -> Response:
@@ -92,34 +114,35 @@ def build_router(
         except ClientDisconnected:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
 
-    @v1.post("/chat/completions")
+    @v1.post("/chat/completions", response_model=None, responses=_generation_responses(ChatCompletionResponse))
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await serve(request, body, lambda b, scope: state.chat.create(b, scope))
 
-    @v1.post("/completions")
+    @v1.post("/completions", response_model=None, responses=_generation_responses(CompletionResponse))
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await serve(request, body, lambda b, scope: state.completion.create(b, scope))
 
-    @v1.get("/models")
+    @v1.get("/models", response_model=ModelList, responses={401: _ERRORS[401]})
     async def list_models() -> dict:
         model = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "leanserve"}
         if state.engine is not None:
             model["max_model_len"] = state.engine.info().max_model_len
         return {"object": "list", "data": [model]}
 
-    @router.get("/health")
+    @router.get("/health", response_model=Status, responses={503: {"model": Status}})
     async def health() -> Response:
         if state.dead_reason is not None:
             return JSONResponse({"status": "dead", "reason": state.dead_reason}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @router.get("/ready")
+    @router.get("/ready", response_model=Status, responses={503: {"model": Status}})
     async def ready() -> Response:
         if state.ready:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": state.status}, status_code=503)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=Response,
+                responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -26,6 +26,9 @@ from service.generation import (
 from service.protocol import CompletionRequest
 from service.sse import DONE, encode_event, primed_event_stream
 
+DEFAULT_MAX_TOKENS = 16
+
+
 def completion_logprobs(entries: list[TokenLogprob], text_offset: int) -> dict:
     """Engine logprobs -> the legacy completions ``logprobs`` object."""
     offsets = []
@@ -70,10 +73,12 @@ class CompletionServing:
         info = self._context.engine.info()
         prompt_ids = await self._context.engine.tokenize(prompt) if isinstance(prompt, str) else prompt
         if not prompt_ids:
-            raise bad_request("prompt must not be empty", param="prompt")
-        max_tokens = resolve_max_tokens(
-            body.max_tokens, len(prompt_ids), info.max_model_len, "max_tokens", self._context.limits,
-        )
+            raise bad_request("prompt must not be empty", param="prompt", code="invalid_value")
+        limits = self._context.limits
+        requested = body.max_tokens
+        if requested is None:  # OpenAI's default for completions, within this server's cap
+            requested = min(DEFAULT_MAX_TOKENS, limits.max_tokens_limit or DEFAULT_MAX_TOKENS)
+        max_tokens = resolve_max_tokens(requested, len(prompt_ids), info.max_model_len, "max_tokens", limits)
         return GenerationRequest(
             request_id=request_id,
             prompt_token_ids=prompt_ids,

@@ -89,7 +89,7 @@ def test_deadline_ends_request_and_frees_engine():
             return plain, streamed, events, app.state.server.admission.in_flight
 
     plain, streamed, events, in_flight = run(scenario())
-    assert plain.status_code == 504 and plain.json()["error"]["code"] == "request_timeout"
+    assert plain.status_code == 408 and plain.json()["error"]["code"] == "request_timeout"
     assert streamed.status_code == 200
     assert json.loads(events[-2][6:])["error"]["code"] == "request_timeout"
     assert events[-1] == "data: [DONE]"
