@@ -6,6 +6,7 @@ at once, and there is one place to document it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -66,18 +67,10 @@ def serve(settings: Settings) -> int:
         os.environ.setdefault(key, value)
     resolved = resolve_model(settings.model, settings.cache_dir)
     name = settings.served_model_name or resolved.name
-    config = VllmEngineConfig(
-        model=resolved.path,
-        served_model_name=name,
-        max_model_len=settings.max_model_len,
-        dtype=settings.dtype,
-        enforce_eager=settings.enforce_eager,
-        max_num_seqs=settings.max_num_seqs,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        kv_cache_gib=settings.kv_cache_gib,
-        seed=settings.seed,
-    )
+    # Engine settings share their names with VllmEngineConfig's fields.
+    engine_fields = {field.name for field in dataclasses.fields(VllmEngineConfig)} - {"model", "served_model_name"}
+    config = VllmEngineConfig(model=resolved.path, served_model_name=name,
+                              **settings.model_dump(include=engine_fields))
     app = create_app(settings, name, lambda: VllmEngine.start(config))
     logger.info("serving %s (%s) on http://%s:%d/v1", name, resolved.path, settings.host, settings.port)
     return run_server(app, settings.host, settings.port, settings.log_level, settings.drain_timeout_s)

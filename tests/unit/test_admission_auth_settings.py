@@ -103,3 +103,12 @@ def test_cli_flags_override_env(monkeypatch):
 def test_invalid_setting_is_refused():
     with pytest.raises(SystemExit):
         cli_main(["serve", "--port", "not-a-number"])
+
+
+def test_every_engine_setting_reaches_the_engine_config():
+    import dataclasses
+
+    from engine.vllm_engine import VllmEngineConfig
+
+    engine_fields = {f.name for f in dataclasses.fields(VllmEngineConfig)} - {"model", "served_model_name"}
+    assert engine_fields <= set(Settings.model_fields)
