@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     load = parser.add_argument_group("load")
     mode = load.add_mutually_exclusive_group()
-    mode.add_argument("--concurrency", type=lambda s: parse_list(s, int), help="closed loop: in-flight caps, e.g. 1,4,16")
+    mode.add_argument("--concurrency", type=lambda s: parse_list(s, int),
+                      help="closed loop: in-flight caps, e.g. 1,4,16")
     mode.add_argument("--request-rate", type=lambda s: parse_list(s, float),
                       help="open loop: Poisson arrival rates in req/s, e.g. 0.5,1,2")
     load.add_argument("--max-concurrency", type=int, help="in-flight cap for --request-rate levels")
@@ -115,14 +116,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_tokenizer(path: str | None):
-    from transformers import AutoTokenizer
+class FastTokenizer:
+    """A ``tokenizer.json`` through the ``tokenizers`` library: importing transformers alone
+    takes 8-30 s on a busy 2-core machine, longer than a short load run."""
 
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=False)
+        self.all_special_ids = [i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special]
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def load_tokenizer(path: str | None):
+    """The tokenizer prompts are built with: ``path``'s, or the default model's."""
     if path is None:
         from engine.catalogue import resolve_model
         from service.settings import Settings
 
         path = resolve_model("default", Settings().cache_dir).path
+    if (Path(path) / "tokenizer.json").exists():
+        return FastTokenizer(Path(path) / "tokenizer.json")
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(path)
 
 

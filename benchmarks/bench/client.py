@@ -56,8 +56,11 @@ class RequestResult:
         if tokens_after_first <= len(gaps):
             return gaps
         per_chunk = tokens_after_first / len(gaps)
-        whole = int(per_chunk)
-        return [gap / per_chunk for gap in gaps for _ in range(whole)]
+        itl = []
+        for i, gap in enumerate(gaps):  # whole tokens per chunk, summing to exactly tokens_after_first
+            tokens = round((i + 1) * per_chunk) - round(i * per_chunk)
+            itl += [gap / tokens] * tokens
+        return itl
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ def latency_cdfs(report: dict, path: Path) -> None:
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for axis, key, title in zip(axes.flat, ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"),
                                 ("TTFT", "TPOT (excl. first token)", "ITL (per token)", "end-to-end latency")):
+        shown: list[float] = []
         for level in report["levels"]:
             for name, records in level["records"].items():
                 if key == "itl_ms":
@@ -31,9 +32,12 @@ def latency_cdfs(report: dict, path: Path) -> None:
                 if not values:
                     continue
                 xs = np.sort(values)
+                shown += [float(xs[0]), float(xs[-1])]
                 axis.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", label=f"{name} {level['label']}")
         axis.set_title(title)
         axis.set_xlabel("ms")
+        if shown and min(shown) > 0 and max(shown) / min(shown) > 50:  # stalls stretch the axis: keep the body of the CDF readable
+            axis.set_xscale("log")
         axis.set_ylabel("fraction of requests" if key != "itl_ms" else "fraction of tokens")
         axis.grid(alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()

@@ -54,8 +54,12 @@ def arrival_offsets(num: int, rate: float, seed: int) -> list[float]:
 
 
 async def run_level(endpoint: Endpoint, requests: Sequence[BenchRequest], level: LoadLevel, *, seed: int,
-                    max_duration_s: float, request_timeout_s: float, progress=None) -> RunResult:
-    """Send ``requests`` in order at ``level``; return every outcome within the time bound."""
+                    max_duration_s: float, request_timeout_s: float, progress=None,
+                    transport: httpx.AsyncBaseTransport | None = None) -> RunResult:
+    """Send ``requests`` in order at ``level``; return every outcome within the time bound.
+
+    ``transport`` replaces the network (tests pass an ``httpx.MockTransport``).
+    """
     limit = level.concurrency or len(requests)
     semaphore = asyncio.Semaphore(limit)
     offsets = arrival_offsets(len(requests), level.request_rate, seed) if level.request_rate else None
@@ -66,7 +70,7 @@ async def run_level(endpoint: Endpoint, requests: Sequence[BenchRequest], level:
     tasks: list[asyncio.Task] = []
     not_sent = 0
 
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, transport=transport) as client:
         async def one(index: int, request: BenchRequest) -> RequestResult:
             try:
                 return await send(client, endpoint, request, index, start)

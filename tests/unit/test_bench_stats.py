@@ -77,6 +77,8 @@ def test_itl_spreads_multi_token_chunks_per_token() -> None:
     r = ok_result(0, 0.1, 0.5, 5, chunks=[0.1, 0.3, 0.5])
     assert r.itl_s == pytest.approx([0.1, 0.1, 0.1, 0.1])
     assert sum(r.itl_s) == pytest.approx(r.e2el_s - r.ttft_s)
+    uneven = ok_result(0, 0.1, 0.5, 6, chunks=[0.1, 0.3, 0.5])  # 5 tokens over 2 chunks
+    assert len(uneven.itl_s) == 5 and sum(uneven.itl_s) == pytest.approx(0.4)
 
 
 def test_goodput_counts_requests_meeting_every_slo() -> None:
