@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -33,9 +35,6 @@ from engine.protocol import (
 
 logger = logging.getLogger(__name__)
 
-# Texts longer than this are tokenized off the event loop (a 32K-token prompt
-# takes tens of milliseconds, which would stall every other stream).
-_INLINE_TOKENIZE_CHARS = 4096
 _CPU_DEFAULT_KV_CACHE_GIB = 4.0
 
 
@@ -138,6 +137,7 @@ class VllmEngine:
     def __init__(self, llm: AsyncLLM, served_model_name: str) -> None:
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
+        self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         self._info = ModelInfo(name=served_model_name, max_model_len=llm.model_config.max_model_len)
 
     @classmethod
@@ -151,9 +151,11 @@ class VllmEngine:
         return self._info
 
     async def tokenize(self, text: str) -> list[int]:
-        if len(text) <= _INLINE_TOKENIZE_CHARS:
-            return self._tokenizer.encode(text, add_special_tokens=False)
-        return await asyncio.to_thread(self._tokenizer.encode, text, add_special_tokens=False)
+        """Off the event loop, as vLLM's own server does: a long prompt does not stall other
+        streams, and requests arriving together reach the engine together (one prefill step)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenizer_pool, partial(self._tokenizer.encode, text, add_special_tokens=False),
+        )
 
     async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         try:

@@ -196,7 +196,8 @@ def create_app(settings: Settings, model_name: str, engine_factory: EngineFactor
     app.state.server = state
     app.openapi = _openapi_for_this_server(app, model_name, state.limits)
     install_error_handlers(app)
-    app.include_router(build_router(state, limiter, settings.retry_after_s, settings.request_timeout_s))
+    app.include_router(build_router(state, limiter, settings.retry_after_s, settings.request_timeout_s,
+                                    settings.log_prompts))
     # Added innermost first; a request passes request id -> counting -> auth -> body limit -> routes.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyAuth, keys=settings.api_keys, public_paths=settings.public_paths)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from service.app import ServerState
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # nginx's code for "client closed request": logged and counted, never seen by the client.
 CLIENT_CLOSED_REQUEST = 499
@@ -81,8 +83,18 @@ def _too_many(message: str, retry_after_s: int) -> Response:
     ))
 
 
+def _prompt_text(body: ChatCompletionRequest | CompletionRequest) -> object:
+    if isinstance(body, ChatCompletionRequest):
+        return [{"role": message.role, "content": message.text()} for message in body.messages]
+    return body.prompt
+
+
 def build_router(
-    state: ServerState, limiter: KeyRateLimiter, retry_after_s: int, request_timeout_s: float | None,
+    state: ServerState,
+    limiter: KeyRateLimiter,
+    retry_after_s: int,
+    request_timeout_s: float | None,
+    log_prompts: bool = False,
 ) -> APIRouter:
     router = APIRouter()
     v1 = APIRouter(prefix="/v1")
@@ -90,6 +102,8 @@ def build_router(
     def request_scope(body: ChatCompletionRequest | CompletionRequest, request: Request) -> RequestScope:
         """Check what a generation request may ask, and charge its key; raises on refusal."""
         arrival_s = time.monotonic()
+        if log_prompts:  # off by default: prompts are the users' data
+            logger.info("prompt", extra={"prompt": _prompt_text(body)})
         state.require_ready()
         validate_model(body.model, state.model_name)
         check_request_limits(body, state.limits)

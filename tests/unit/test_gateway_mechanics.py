@@ -184,3 +184,17 @@ def test_engine_death_fails_requests_clearly_and_asks_to_exit(monkeypatch):
     assert rest[-1] == "data: [DONE]"
     assert plain.status_code == 503 and plain.json()["error"]["code"] == "engine_dead"
     assert health.status_code == 503
+
+
+def test_prompts_reach_the_logs_only_when_asked(caplog):
+    async def scenario(log_prompts: bool):
+        async with running_app(FakeEngine(), log_prompts=log_prompts) as (_, client):
+            await client.post("/v1/completions", json=completion(prompt="secret words"))
+
+    with caplog.at_level("INFO"):
+        run(scenario(False))
+    assert not any("secret words" in str(getattr(r, "prompt", "")) + r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run(scenario(True))
+    assert any(getattr(r, "prompt", None) == "secret words" for r in caplog.records)
