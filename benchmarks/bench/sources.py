@@ -22,8 +22,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import httpx
-
 from benchmarks.bench.rdata import RVector, read_lazyload_db
 
 logger = logging.getLogger(__name__)
@@ -31,7 +29,6 @@ logger = logging.getLogger(__name__)
 AUSTEN_DEB = "r-cran-janeaustenr_1.0.0-1_all.deb"
 AUSTEN_DEB_VERSION = "1.0.0-1"
 AUSTEN_DEB_SHA256 = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95"
-AUSTEN_DEB_URL = f"http://deb.debian.org/debian/pool/main/r/r-cran-janeaustenr/{AUSTEN_DEB}"
 AUSTEN_RDATA = "usr/lib/R/site-library/janeaustenr/data/Rdata"
 # Book order as janeaustenr::austen_books() lists them.
 AUSTEN_BOOKS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
@@ -58,27 +55,29 @@ def _checked(path: Path, sha256: str) -> Path:
     return path
 
 
+def _apt_download(directory: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["apt-get", "download", f"r-cran-janeaustenr={AUSTEN_DEB_VERSION}"], cwd=directory,
+                          capture_output=True, text=True)
+
+
 def _fetch_deb(cache: Path) -> Path:
-    """``apt-get download`` (the system's mirrors) if it works, else the pinned pool URL."""
+    """``apt-get download`` through the system's own package sources (no root needed), after an
+    ``apt-get update`` when the package lists are missing, as on a fresh machine."""
     target = cache / AUSTEN_DEB
     if target.exists():
         return _checked(target, AUSTEN_DEB_SHA256)
+    if shutil.which("apt-get") is None:
+        raise RuntimeError("the austen dataset needs Debian's apt-get to fetch r-cran-janeaustenr")
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        if shutil.which("apt-get"):
-            done = subprocess.run(["apt-get", "download", f"r-cran-janeaustenr={AUSTEN_DEB_VERSION}"], cwd=tmp,
-                                  capture_output=True, text=True)
-            if done.returncode == 0 and (Path(tmp) / AUSTEN_DEB).exists():
-                shutil.move(Path(tmp) / AUSTEN_DEB, target)
-                return _checked(target, AUSTEN_DEB_SHA256)
-            logger.info("apt-get download failed (%s); fetching %s", done.stderr.strip()[-200:], AUSTEN_DEB_URL)
-        partial = Path(tmp) / AUSTEN_DEB
-        with httpx.stream("GET", AUSTEN_DEB_URL, timeout=120, follow_redirects=True) as response:
-            response.raise_for_status()
-            with open(partial, "wb") as out:
-                for block in response.iter_bytes():
-                    out.write(block)
-        shutil.move(partial, target)
+        done = _apt_download(tmp)
+        if done.returncode != 0:
+            logger.info("apt-get download failed (%s); running apt-get update", done.stderr.strip()[-200:])
+            subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+            done = _apt_download(tmp)
+        if done.returncode != 0 or not (Path(tmp) / AUSTEN_DEB).exists():
+            raise RuntimeError(f"apt-get download r-cran-janeaustenr failed: {done.stderr.strip()[-300:]}")
+        shutil.move(Path(tmp) / AUSTEN_DEB, target)
     return _checked(target, AUSTEN_DEB_SHA256)
 
 
