@@ -11,7 +11,6 @@ import json
 from contextlib import asynccontextmanager
 
 import httpx
-import pytest
 
 from service.app import create_app
 from service.settings import Settings
