@@ -117,7 +117,7 @@ def _token_logprobs(output: CompletionOutput, num_top: int) -> list[TokenLogprob
     """vLLM's per-position {token_id: Logprob} maps -> sampled token plus top-``num_top``."""
     result = []
     assert output.logprobs is not None
-    for token_id, position in zip(output.token_ids, output.logprobs):
+    for token_id, position in zip(output.token_ids, output.logprobs, strict=True):
         sampled = position[token_id]
         ranked = sorted(
             (entry for entry in position.values() if entry.rank is not None and entry.rank <= num_top),

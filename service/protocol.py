@@ -9,6 +9,7 @@ ignored, as vLLM does, so that clients sending newer OpenAI fields still work.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
@@ -23,6 +24,7 @@ Timeout = Annotated[float, Field(gt=0, le=86400)]
 StopText = Annotated[str, Field(min_length=1)]
 
 
+@functools.cache
 def _numeric_only(annotation: object) -> bool:
     """True for int/float fields (optionally None), not for fields that also take text."""
     args = set(get_args(annotation)) or {annotation}
