@@ -20,7 +20,7 @@ import platform
 import socket
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -53,7 +53,7 @@ def is_loopback_url(url: str) -> bool:
 def normalise_base_url(url: str) -> str:
     """Accept ``http://h:p``, ``http://h:p/`` and ``http://h:p/v1``; return the part before ``/v1``."""
     url = url.rstrip("/")
-    return url[:-3] if url.endswith("/v1") else url
+    return url.removesuffix("/v1")
 
 
 def parse_list(text: str, kind: type) -> list:
@@ -160,6 +160,8 @@ def build_requests(args: argparse.Namespace, seed: int, num: int, tokenizer) -> 
                                       args.data_cache)
     if args.dataset == "humaneval":
         return datasets.humaneval_requests(num, args.output_len, seed, args.data_cache)
+    if args.dataset == "chat":
+        return datasets.chat_requests(num, args.output_len, seed)
     return datasets.image_requests(num, datasets.parse_sizes(args.image_sizes), args.output_len, seed)
 
 
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     remote = [u for u in urls if not is_loopback_url(u)]
     if remote and not args.allow_remote:
         parser.error(f"refusing non-loopback targets {remote}: pass --allow-remote to load-test them")
-    if args.dataset == "images":
+    if args.dataset in ("images", "chat"):
         args.endpoint = "chat"
     if args.num_requests <= 0:
         parser.error("--num-requests must be positive")
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     full = {
         "config": config,
         "command": "leanserve bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_s": time.time() - started,
         "machine": machine(),
         "versions": {"python": platform.python_version(), "httpx": httpx.__version__},

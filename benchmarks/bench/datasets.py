@@ -10,15 +10,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from benchmarks.bench import sources
+from benchmarks.bench.chat_prompts import CHAT_PROMPTS
 
-DATASETS = ("random", "austen", "humaneval", "long", "images")
+DATASETS = ("random", "austen", "humaneval", "long", "images", "chat")
 DEFAULT_LONG_LENGTHS = (4096, 8192, 16384, 32768)
 
 
@@ -126,6 +128,13 @@ def humaneval_requests(num: int, output_len: int, seed: int, cache: Path | None 
                          source=problems[int(order[i % len(order)])]["task_id"]) for i in range(num)]
 
 
+def chat_requests(num: int, output_len: int, seed: int) -> list[BenchRequest]:
+    """Held-out single-turn chat requests (chat_prompts.py), in a seeded order; sent to chat."""
+    order = np.random.default_rng(seed).permutation(len(CHAT_PROMPTS))
+    return [BenchRequest(CHAT_PROMPTS[int(order[i % len(order)])], output_len, source=f"chat-{int(order[i % len(order)])}")
+            for i in range(num)]
+
+
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """``"224x224,448x336"`` → [(224, 224), (448, 336)]."""
     sizes = []
@@ -171,5 +180,4 @@ def save_jsonl(requests: Sequence[BenchRequest], path: Path) -> None:
         raise ValueError("image requests cannot be exported to vLLM's custom (text) format")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as out:
-        for request in requests:
-            out.write(json.dumps({"prompt": request.prompt, "output_tokens": request.max_tokens}) + "\n")
+        out.writelines(json.dumps({"prompt": request.prompt, "output_tokens": request.max_tokens}) + "\n" for request in requests)

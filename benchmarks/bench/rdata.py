@@ -71,7 +71,7 @@ class _Reader:
     def attributes(self, has_attr: bool) -> dict[str, Any]:
         return _pairlist_to_dict(self.item()) if has_attr else {}
 
-    def item(self) -> Any:  # noqa: C901 - one branch per SEXP type is the clearest form
+    def item(self) -> Any:
         flags = self.int()
         kind = flags & 0xFF
         has_attr, has_tag = bool(flags & (1 << 9)), bool(flags & (1 << 10))

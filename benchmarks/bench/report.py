@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from benchmarks.bench.client import RequestResult
 from benchmarks.bench.stats import RATIO_KEYS, ratio_name

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import httpx
 import numpy as np
@@ -90,7 +90,7 @@ async def run_level(endpoint: Endpoint, requests: Sequence[BenchRequest], level:
                 break
             try:
                 await asyncio.wait_for(semaphore.acquire(), timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 not_sent = len(requests) - index
                 break
             tasks.append(asyncio.create_task(one(index, request)))

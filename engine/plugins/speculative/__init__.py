@@ -1,0 +1,1 @@
+"""Drafters for vLLM's speculative decoding."""
