@@ -89,6 +89,20 @@ class GenerationDelta:
     queue_time_s: float | None = field(default=None)
 
 
+@dataclass(frozen=True)
+class SpeculationStats:
+    """What speculative decoding did in one engine step (summed over the batch).
+
+    ``drafts`` counts (request, step) pairs that carried draft tokens; each accepted
+    token is one target forward pass saved for that request.
+    """
+
+    drafts: int
+    draft_tokens: int
+    accepted_tokens: int
+    accepted_per_position: tuple[int, ...]
+
+
 @runtime_checkable
 class Engine(Protocol):
     """Anything that turns prompts into tokens; the gateway's only view of a model."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +22,7 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+from vllm.v1.metrics.loggers import StatLoggerBase
 
 from engine.protocol import (
     EngineDeadError,
@@ -30,6 +31,7 @@ from engine.protocol import (
     InvalidRequestError,
     ModelInfo,
     SamplingOptions,
+    SpeculationStats,
     TokenLogprob,
 )
 
@@ -52,6 +54,7 @@ class VllmEngineConfig:
     gpu_memory_utilization: float | None = None
     kv_cache_gib: float | None = None
     seed: int = 0
+    speculative_config: dict | None = None  # engine/plugins/speculative/config.py builds it
 
 
 def resolve_dtype(requested: str) -> str:
@@ -92,8 +95,37 @@ def _engine_args(config: VllmEngineConfig) -> AsyncEngineArgs:
         enforce_eager=config.enforce_eager,
         tensor_parallel_size=config.tensor_parallel_size,
         seed=config.seed,
+        speculative_config=config.speculative_config,
         **optional,
     )
+
+
+def speculation_logger(sink: Callable[[SpeculationStats], None]) -> Callable[..., StatLoggerBase]:
+    """A vLLM stat-logger factory that forwards spec-decode counts to ``sink``.
+
+    vLLM aggregates them per scheduler step in ``SchedulerStats.spec_decoding_stats``;
+    this is the documented way to read them without scraping vLLM's own metrics.
+    """
+
+    class _SpeculationLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0) -> None:
+            del vllm_config, engine_index
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+            stats = getattr(scheduler_stats, "spec_decoding_stats", None)
+            if stats is None or stats.num_drafts == 0:
+                return
+            sink(SpeculationStats(
+                drafts=stats.num_drafts,
+                draft_tokens=stats.num_draft_tokens,
+                accepted_tokens=stats.num_accepted_tokens,
+                accepted_per_position=tuple(stats.num_accepted_tokens_per_pos),
+            ))
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _SpeculationLogger
 
 
 def to_sampling_params(options: SamplingOptions) -> SamplingParams:
@@ -141,10 +173,16 @@ class VllmEngine:
         self._info = ModelInfo(name=served_model_name, max_model_len=llm.model_config.max_model_len)
 
     @classmethod
-    async def start(cls, config: VllmEngineConfig) -> VllmEngine:
-        """Load the model; runs vLLM's blocking start-up off the event loop."""
+    async def start(cls, config: VllmEngineConfig,
+                    on_speculation: Callable[[SpeculationStats], None] | None = None) -> VllmEngine:
+        """Load the model; runs vLLM's blocking start-up off the event loop.
+
+        ``on_speculation`` receives each engine step's speculative-decoding counts
+        (only called when ``config.speculative_config`` is set).
+        """
         args = _engine_args(config)
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        loggers = [speculation_logger(on_speculation)] if on_speculation and config.speculative_config else None
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers)
         return cls(llm, config.served_model_name)
 
     def info(self) -> ModelInfo:

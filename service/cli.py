@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import get_args
 
@@ -60,6 +61,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> int:
     from engine.catalogue import resolve_model
     from engine.vllm_engine import VllmEngine, VllmEngineConfig
+    from service import metrics
     from service.app import create_app
     from service.server import run_server
 
@@ -68,12 +70,28 @@ def serve(settings: Settings) -> int:
     resolved = resolve_model(settings.model, settings.cache_dir)
     name = settings.served_model_name or resolved.name
     # Engine settings share their names with VllmEngineConfig's fields.
-    engine_fields = {field.name for field in dataclasses.fields(VllmEngineConfig)} - {"model", "served_model_name"}
-    config = VllmEngineConfig(model=resolved.path, served_model_name=name,
+    engine_fields = {field.name for field in dataclasses.fields(VllmEngineConfig)} - {
+        "model", "served_model_name", "speculative_config"}
+    speculative = _speculative_config(settings, name)
+    config = VllmEngineConfig(model=resolved.path, served_model_name=name, speculative_config=speculative,
                               **settings.model_dump(include=engine_fields))
-    app = create_app(settings, name, lambda: VllmEngine.start(config))
+    on_speculation = partial(metrics.record_speculation, name, settings.speculative.split(":")[0]) \
+        if settings.speculative else None
+    app = create_app(settings, name, lambda: VllmEngine.start(config, on_speculation=on_speculation))
     logger.info("serving %s (%s) on http://%s:%d/v1", name, resolved.path, settings.host, settings.port)
     return run_server(app, settings.host, settings.port, settings.log_level, settings.drain_timeout_s)
+
+
+def _speculative_config(settings: Settings, served_name: str) -> dict | None:
+    """``--speculative`` -> vLLM's speculative_config; a draft model is prepared like --model."""
+    if settings.speculative is None:
+        return None
+    from engine.catalogue import resolve_model
+    from engine.plugins.speculative.config import parse_speculative, vllm_speculative_config
+
+    spec = parse_speculative(settings.speculative)
+    draft_path = resolve_model(spec.model, settings.cache_dir).path if spec.method == "draft" else None
+    return vllm_speculative_config(spec, settings.num_speculative_tokens, served_name, draft_path)
 
 
 def prepare_model(settings: Settings) -> int:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from engine.protocol import SpeculationStats
+
 _LATENCY_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
     0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
@@ -82,6 +84,56 @@ class RequestStats:
     output_tokens: int = 0
     inter_token_latencies_s: list[float] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
+
+
+SPEC_DRAFTS = Counter(
+    "leanserve_spec_decode_drafts",
+    "Target steps of a request that verified draft tokens (speculative decoding).",
+    ["model", "method"],
+)
+SPEC_DRAFT_TOKENS = Counter(
+    "leanserve_spec_decode_draft_tokens", "Draft tokens proposed for verification.", ["model", "method"],
+)
+SPEC_ACCEPTED_TOKENS = Counter(
+    "leanserve_spec_decode_accepted_tokens",
+    "Draft tokens the target accepted: each one is a target forward pass saved.",
+    ["model", "method"],
+)
+SPEC_ACCEPTED_BY_POSITION = Counter(
+    "leanserve_spec_decode_accepted_tokens_by_position",
+    "Accepted draft tokens by position in the draft (0 = first).",
+    ["model", "method", "position"],
+)
+SPEC_ACCEPTANCE_RATE = Gauge(
+    "leanserve_spec_decode_acceptance_rate",
+    "Accepted / proposed draft tokens since start (use the counters for windows).",
+    ["model", "method"],
+)
+SPEC_MEAN_ACCEPTED_LENGTH = Gauge(
+    "leanserve_spec_decode_mean_accepted_length",
+    "Tokens emitted per target step with drafts since start: 1 + accepted / drafts.",
+    ["model", "method"],
+)
+
+
+_spec_totals: dict[tuple[str, str], list[int]] = {}  # (model, method) -> drafts, proposed, accepted
+
+
+def record_speculation(model: str, method: str, stats: SpeculationStats) -> None:
+    """One engine step's spec-decode counts (engine/protocol.py ``SpeculationStats``)."""
+    SPEC_DRAFTS.labels(model, method).inc(stats.drafts)
+    SPEC_DRAFT_TOKENS.labels(model, method).inc(stats.draft_tokens)
+    SPEC_ACCEPTED_TOKENS.labels(model, method).inc(stats.accepted_tokens)
+    for position, accepted in enumerate(stats.accepted_per_position):
+        if accepted:
+            SPEC_ACCEPTED_BY_POSITION.labels(model, method, str(position)).inc(accepted)
+    totals = _spec_totals.setdefault((model, method), [0, 0, 0])
+    totals[0] += stats.drafts
+    totals[1] += stats.draft_tokens
+    totals[2] += stats.accepted_tokens
+    drafts, proposed, accepted = totals
+    SPEC_ACCEPTANCE_RATE.labels(model, method).set(accepted / proposed if proposed else 0.0)
+    SPEC_MEAN_ACCEPTED_LENGTH.labels(model, method).set(1.0 + accepted / drafts if drafts else 1.0)
 
 
 def record_request(model: str, stats: RequestStats) -> None:

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     kv_cache_gib: float | None = Field(None, gt=0, description="KV cache size in GiB (default: 4 on CPU, vLLM's choice on GPU)")
     seed: int = 0
 
+    # Speculative decoding (engine/plugins/speculative): lossless, verified by the target.
+    speculative: str | None = Field(None, description="ngram | suffix | draft:MODEL | mtp[:HEAD_DIR]")
+    num_speculative_tokens: int | None = Field(None, gt=0, le=16, description="draft length K (default per method)")
+
     # HTTP.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)
@@ -67,6 +71,15 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["json", "text"] = "json"
     log_prompts: bool = Field(False, description="include prompt text in logs")
+
+    @field_validator("speculative")
+    @classmethod
+    def _check_speculative(cls, value: str | None) -> str | None:
+        if value is not None:
+            from engine.plugins.speculative.config import parse_speculative
+
+            parse_speculative(value)  # ValueError -> a validation error naming the flag
+        return value
 
     @field_validator("api_keys", "public_paths", mode="before")
     @classmethod

@@ -1,0 +1,82 @@
+"""``--speculative METHOD`` -> vLLM's ``speculative_config``.
+
+Methods (all lossless: vLLM's rejection sampler verifies every draft against the target):
+
+* ``ngram``        prompt lookup (vLLM's n-gram proposer): no model, free drafts when the
+                   answer copies from the prompt (code edits, RAG, summaries).
+* ``suffix``       leanserve's suffix decoding (suffix.py): like ngram, plus a cache of earlier
+                   answers and an adaptive draft length; shines on repeated/agentic traffic.
+* ``draft:MODEL``  a small model with the same tokenizer drafts (catalogue name or directory).
+* ``mtp[:DIR]``    a learned multi-token head fed with the target's hidden states
+                   (eagle_head.py), served by vLLM's EAGLE drafter; without DIR, the head
+                   shipped for the served model in ``heads/<model name>/``.
+
+No per-request switch: vLLM speculates for the whole batch or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADS_DIR = Path(__file__).parent / "heads"
+SUFFIX_PROPOSER = "engine.plugins.speculative.suffix.SuffixProposer"
+
+# Draft lengths that did best on this project's CPU benchmarks (benchmarks/RESULTS.md).
+DEFAULT_NUM_TOKENS = {"ngram": 4, "suffix": 8, "draft": 4, "mtp": 2}
+METHODS = ("ngram", "suffix", "draft", "mtp")
+
+
+@dataclass(frozen=True)
+class SpeculationSpec:
+    """A parsed ``--speculative`` value: the method and, for draft/mtp, its model."""
+
+    method: str
+    model: str | None = None
+
+
+def parse_speculative(text: str) -> SpeculationSpec:
+    """``ngram`` | ``suffix`` | ``draft:MODEL`` | ``mtp`` | ``mtp:DIR``; raises ValueError."""
+    method, _, model = text.strip().partition(":")
+    method = method.lower()
+    if method not in METHODS:
+        raise ValueError(f"unknown speculative method {method!r}: expected one of ngram, suffix, draft:MODEL, mtp[:DIR]")
+    if method == "draft" and not model:
+        raise ValueError("draft needs a model: --speculative draft:MODEL")
+    if method in ("ngram", "suffix") and model:
+        raise ValueError(f"{method} takes no model (got {model!r})")
+    return SpeculationSpec(method, model or None)
+
+
+def shipped_head(served_model: str) -> Path | None:
+    """The learned head that ships for ``served_model`` (matched case-insensitively)."""
+    if not HEADS_DIR.is_dir():
+        return None
+    for candidate in HEADS_DIR.iterdir():
+        if candidate.name.lower() == served_model.lower() and (candidate / "config.json").exists():
+            return candidate
+    return None
+
+
+def vllm_speculative_config(spec: SpeculationSpec, num_tokens: int | None, served_model: str,
+                            draft_path: str | None = None) -> dict:
+    """The dict vLLM's ``AsyncEngineArgs(speculative_config=...)`` takes.
+
+    ``draft_path`` is the resolved draft model directory (the caller resolves catalogue
+    names, which may download). Raises ValueError when ``mtp`` has no head for the model.
+    """
+    k = num_tokens or DEFAULT_NUM_TOKENS[spec.method]
+    if spec.method == "ngram":
+        return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    if spec.method == "suffix":
+        return {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": k}
+    if spec.method == "draft":
+        return {"method": "draft_model", "model": draft_path or spec.model, "num_speculative_tokens": k}
+    head = Path(spec.model).expanduser() if spec.model else shipped_head(served_model)
+    if head is None:
+        raise ValueError(
+            f"no learned head ships for {served_model!r}; train one with "
+            "`python -m engine.plugins.speculative.train_head` and pass --speculative mtp:DIR")
+    if not (head / "config.json").exists():
+        raise ValueError(f"{head} is not a head directory (no config.json)")
+    return {"method": "eagle", "model": str(head), "num_speculative_tokens": k}
