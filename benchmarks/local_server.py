@@ -44,3 +44,12 @@ def start_server(command: list[str], log_path: Path, ready_url: str, env: dict[s
         process.kill()
         raise
     return process
+
+
+def stop_server(process: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGTERM (leanserve drains, then exits), SIGKILL if it outlives ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from benchmarks.local_server import free_port, start_server
+from benchmarks.local_server import free_port, start_server, stop_server
 from engine.catalogue import resolve_model
 from service.settings import Settings
 
@@ -61,11 +61,7 @@ def server() -> Server:
         resolved = resolve_model("default", Settings().cache_dir)
         yield Server(base_url, resolved.name, Path(resolved.path), process, log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
 
 
 @pytest.fixture(scope="session")

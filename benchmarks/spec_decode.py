@@ -1,0 +1,177 @@
+"""Speculative decoding benchmark: decode speed, accepted length and latency per method.
+
+    python -m benchmarks.spec_decode [--suite smollm2|qwen|all] [--out benchmarks/results/spec_decode]
+
+For every server configuration (no speculation, then each method) it starts one leanserve
+server, runs ``leanserve bench`` on HumanEval stubs (/v1/completions, code) and on the held-out
+chat prompts (/v1/chat/completions) at concurrency 1 and 8, greedy, answers stopping at EOS
+or ``--output-len``, and reads the server's leanserve_spec_decode_* counters before and after
+each run for the accepted length. One server runs at a time (the machine has 2 cores).
+Writes ``results.json`` and ``speedup.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks.local_server import free_port, start_server, stop_server
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    name: str
+    flags: tuple[str, ...]
+
+
+SMOLLM2 = (
+    ServerConfig("none", ()),
+    ServerConfig("ngram k=4", ("--speculative", "ngram")),
+    ServerConfig("ngram k=2", ("--speculative", "ngram", "--num-speculative-tokens", "2")),
+    ServerConfig("suffix k=8", ("--speculative", "suffix")),
+    ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
+    ServerConfig("mtp k=4", ("--speculative", "mtp", "--num-speculative-tokens", "4")),
+)
+QWEN_TARGET = ("--model", "Qwen2.5-Coder-1.5B-Instruct")
+QWEN = (
+    ServerConfig("qwen1.5b none", QWEN_TARGET),
+    ServerConfig("qwen1.5b draft:0.5b", (*QWEN_TARGET, "--speculative", "draft:Qwen2.5-Coder-0.5B-Instruct")),
+)
+SUITES = {"smollm2": SMOLLM2, "qwen": QWEN, "all": SMOLLM2 + QWEN,
+          "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
+DATASETS = ("humaneval", "chat")
+
+
+def _counters(base_url: str) -> dict[str, float]:
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    values: dict[str, float] = {}
+    for name in ("drafts", "draft_tokens", "accepted_tokens"):
+        match = re.search(rf"^leanserve_spec_decode_{name}_total{{[^}}]*}} ([0-9.e+]+)$", text, re.MULTILINE)
+        values[name] = float(match.group(1)) if match else 0.0
+    return values
+
+
+def _bench(base_url: str, dataset: str, concurrency: int, num: int, output_len: int, out: Path) -> dict:
+    command = [
+        sys.executable, "-m", "service.cli", "bench", "--base-url", base_url, "--name", "target",
+        "--dataset", dataset, "--num-requests", str(num), "--concurrency", str(concurrency),
+        "--output-len", str(output_len), "--no-ignore-eos", "--warmup", "1", "--idle-gap-s", "2",
+        "--no-plots", "--no-progress", "--out", str(out),
+    ]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    run = json.loads((out / "report.json").read_text())["levels"][0]["runs"]["target"]
+    return {
+        "requests": run["completed"], "failed": run["failed"], "output_tokens": run["output_tokens"],
+        "output_throughput": run["output_throughput"],
+        "decode_tokens_per_s": 1000.0 / run["tpot_ms"]["mean"] if run["tpot_ms"]["mean"] else None,
+        "tpot_ms_p50": run["tpot_ms"]["p50"], "ttft_ms_p50": run["ttft_ms"]["p50"],
+        "e2el_ms_p50": run["e2el_ms"]["p50"], "e2el_ms_mean": run["e2el_ms"]["mean"],
+    }
+
+
+def run_config(config: ServerConfig, args: argparse.Namespace, scratch: Path) -> list[dict]:
+    port = free_port()
+    log_path = scratch / f"server-{port}.log"
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--enforce-eager",
+               "--max-model-len", "2048", "--kv-cache-gib", str(args.kv_cache_gib), *config.flags]
+    base_url = f"http://127.0.0.1:{port}"
+    process = start_server(command, log_path, f"{base_url}/ready")
+    rows = []
+    try:
+        is_qwen = "qwen" in config.name
+        for dataset, concurrency in args.levels:
+            num = (4 if concurrency == 1 else 8) if is_qwen else (args.requests_c1 if concurrency == 1 else 24)
+            output_len = 96 if is_qwen else args.output_len
+            before = _counters(base_url)
+            result = _bench(base_url, dataset, concurrency, num, output_len, scratch / f"{port}-{dataset}-{concurrency}")
+            after = _counters(base_url)
+            drafts = after["drafts"] - before["drafts"]
+            accepted = after["accepted_tokens"] - before["accepted_tokens"]
+            proposed = after["draft_tokens"] - before["draft_tokens"]
+            result.update(config=config.name, dataset=dataset, concurrency=concurrency,
+                          mean_accepted_length=1 + accepted / drafts if drafts else None,
+                          acceptance_rate=accepted / proposed if proposed else None)
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+    finally:
+        stop_server(process)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baselines = {(r["dataset"], r["concurrency"], "qwen" in r["config"]): r["decode_tokens_per_s"]
+                 for r in rows if r["config"].endswith("none")}
+    configs = [c for c in dict.fromkeys(r["config"] for r in rows) if not c.endswith("none")]
+    panels = list(dict.fromkeys((r["dataset"], r["concurrency"]) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, (dataset, concurrency) in zip(axes, panels, strict=True):
+        speedups = []
+        for config in configs:
+            row = next((r for r in rows if r["config"] == config and r["dataset"] == dataset
+                        and r["concurrency"] == concurrency), None)
+            base = baselines.get((dataset, concurrency, "qwen" in config))
+            speedups.append(row["decode_tokens_per_s"] / base if row and base else 0)
+        ax.bar(range(len(configs)), speedups)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(configs)), configs, rotation=45, ha="right")
+        ax.set_title(f"{dataset}, concurrency {concurrency}")
+    axes[0].set_ylabel("decode tokens/s vs no speculation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _levels(text: str) -> list[tuple[str, int]]:
+    pairs = []
+    for item in text.split(","):
+        dataset, _, concurrency = item.partition(":")
+        if dataset not in DATASETS:
+            raise argparse.ArgumentTypeError(f"unknown dataset {dataset!r}")
+        pairs.append((dataset, int(concurrency)))
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="all")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/spec_decode"))
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--requests-c1", type=int, default=10)
+    parser.add_argument("--kv-cache-gib", type=float, default=2.0)
+    parser.add_argument("--levels", type=_levels, default=[(d, c) for d in DATASETS for c in (1, 8)],
+                        help="dataset:concurrency list, default humaneval:1,humaneval:8,chat:1,chat:8")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="spec-bench-") as scratch:
+        for config in SUITES[args.suite]:
+            rows += run_config(config, args, Path(scratch))
+            (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
+    result = {
+        "command": "python -m benchmarks.spec_decode " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - started),
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+        "rows": rows,
+    }
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    plot(rows, args.out / "speedup.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""``--speculative`` parsing and the speculative_config handed to vLLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from engine.plugins.speculative.config import (
+    SUFFIX_PROPOSER,
+    SpeculationSpec,
+    parse_speculative,
+    shipped_head,
+    vllm_speculative_config,
+)
+from service.settings import Settings
+
+
+@pytest.mark.parametrize(("text", "spec"), [
+    ("ngram", SpeculationSpec("ngram")),
+    ("SUFFIX", SpeculationSpec("suffix")),
+    ("mtp", SpeculationSpec("mtp")),
+    ("mtp:/heads/mine", SpeculationSpec("mtp", "/heads/mine")),
+    ("draft:Qwen2.5-Coder-0.5B-Instruct", SpeculationSpec("draft", "Qwen2.5-Coder-0.5B-Instruct")),
+])
+def test_parse_accepts_every_method(text: str, spec: SpeculationSpec) -> None:
+    assert parse_speculative(text) == spec
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("medusa", "unknown speculative method"),
+    ("draft", "draft needs a model"),
+    ("ngram:foo", "takes no model"),
+])
+def test_parse_rejects_bad_values(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_speculative(text)
+
+
+def test_bad_flag_fails_settings_validation_naming_the_field() -> None:
+    with pytest.raises(ValidationError, match="speculative"):
+        Settings(speculative="eagle9")
+    with pytest.raises(ValidationError, match="num_speculative_tokens"):
+        Settings(speculative="ngram", num_speculative_tokens=0)
+
+
+def test_vllm_config_per_method() -> None:
+    ngram = vllm_speculative_config(parse_speculative("ngram"), None, "SmolLM2-135M-Instruct")
+    assert ngram["method"] == "ngram" and ngram["num_speculative_tokens"] == 4
+    suffix = vllm_speculative_config(parse_speculative("suffix"), 6, "SmolLM2-135M-Instruct")
+    assert suffix == {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": 6}
+    draft = vllm_speculative_config(parse_speculative("draft:small"), None, "big", draft_path="/models/small")
+    assert draft == {"method": "draft_model", "model": "/models/small", "num_speculative_tokens": 4}
+
+
+def test_mtp_uses_the_head_shipped_for_the_default_model() -> None:
+    head = shipped_head("smollm2-135m-instruct")
+    assert head is not None and (head / "model.safetensors").exists()
+    config = vllm_speculative_config(parse_speculative("mtp"), None, "SmolLM2-135M-Instruct")
+    assert config == {"method": "eagle", "model": str(head), "num_speculative_tokens": 2}
+    shipped = json.loads((head / "config.json").read_text())
+    assert shipped["num_hidden_layers"] == 1 and shipped["hidden_size"] == 576
+    assert (head / "model.safetensors").stat().st_size < 20 * 1024 * 1024
+
+
+def test_mtp_without_a_head_explains_how_to_get_one(tmp_path) -> None:
+    with pytest.raises(ValueError, match="train_head"):
+        vllm_speculative_config(parse_speculative("mtp"), None, "Qwen2.5-Coder-1.5B-Instruct")
+    with pytest.raises(ValueError, match="no config.json"):
+        vllm_speculative_config(parse_speculative(f"mtp:{tmp_path}"), None, "any")
