@@ -110,5 +110,8 @@ def test_every_engine_setting_reaches_the_engine_config():
 
     from engine.vllm_engine import VllmEngineConfig
 
-    engine_fields = {f.name for f in dataclasses.fields(VllmEngineConfig)} - {"model", "served_model_name"}
+    # speculative_config is built from --speculative / --num-speculative-tokens (service/cli.py).
+    derived = {"model", "served_model_name", "speculative_config"}
+    engine_fields = {f.name for f in dataclasses.fields(VllmEngineConfig)} - derived
     assert engine_fields <= set(Settings.model_fields)
+    assert {"speculative", "num_speculative_tokens"} <= set(Settings.model_fields)
