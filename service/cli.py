@@ -73,25 +73,24 @@ def serve(settings: Settings) -> int:
     engine_fields = {field.name for field in dataclasses.fields(VllmEngineConfig)} - {
         "model", "served_model_name", "speculative_config"}
     speculative = _speculative_config(settings, name)
-    config = VllmEngineConfig(model=resolved.path, served_model_name=name, speculative_config=speculative,
+    config = VllmEngineConfig(model=resolved.path, served_model_name=name, speculative_config=speculative[1],
                               **settings.model_dump(include=engine_fields))
-    on_speculation = partial(metrics.record_speculation, name, settings.speculative.split(":")[0]) \
-        if settings.speculative else None
+    on_speculation = partial(metrics.record_speculation, name, speculative[0]) if speculative[0] else None
     app = create_app(settings, name, lambda: VllmEngine.start(config, on_speculation=on_speculation))
     logger.info("serving %s (%s) on http://%s:%d/v1", name, resolved.path, settings.host, settings.port)
     return run_server(app, settings.host, settings.port, settings.log_level, settings.drain_timeout_s)
 
 
-def _speculative_config(settings: Settings, served_name: str) -> dict | None:
-    """``--speculative`` -> vLLM's speculative_config; a draft model is prepared like --model."""
+def _speculative_config(settings: Settings, served_name: str) -> tuple[str | None, dict | None]:
+    """``--speculative`` -> (method label, vLLM's speculative_config); a draft model is prepared like --model."""
     if settings.speculative is None:
-        return None
+        return None, None
     from engine.catalogue import resolve_model
     from engine.plugins.speculative.config import parse_speculative, vllm_speculative_config
 
     spec = parse_speculative(settings.speculative)
     draft_path = resolve_model(spec.model, settings.cache_dir).path if spec.method == "draft" else None
-    return vllm_speculative_config(spec, settings.num_speculative_tokens, served_name, draft_path)
+    return spec.method, vllm_speculative_config(spec, settings.num_speculative_tokens, served_name, draft_path)
 
 
 def prepare_model(settings: Settings) -> int:

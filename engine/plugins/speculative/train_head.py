@@ -81,6 +81,8 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
     """The target's continuation of each prompt (prompt + answer token ids), greedy by default."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id
+    stops = set(eos if isinstance(eos, list) else [eos])
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch):
@@ -95,8 +97,6 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
             "do_sample": False}
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              pad_token_id=pad, **sampling)
-        stops = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-                    else [model.generation_config.eos_token_id])
         for r, i in enumerate(rows):
             answer = out[r, width:].tolist()
             for k, token in enumerate(answer):
@@ -123,7 +123,7 @@ def _text_prefixes(text: str, tokenizer, count: int, rng: random.Random) -> list
 
 
 def _batches(sequences: list[list[int]], batch_tokens: int, seq_len: int, rng: random.Random) -> list[list[list[int]]]:
-    pieces = [seq[i : i + seq_len] for seq in sequences for i in range(0, len(seq), seq_len) if len(seq[i : i + seq_len]) > 8]
+    pieces = [piece for seq in sequences for i in range(0, len(seq), seq_len) if len(piece := seq[i : i + seq_len]) > 8]
     pieces.sort(key=len)
     batches, current = [], []
     for piece in pieces:
