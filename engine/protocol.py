@@ -3,13 +3,19 @@
 The gateway (``service``) only ever sees these types. Keeping them free of vLLM
 imports lets ``service`` be tested without a model, and lets composite engines
 (entropy-adaptive switching between two models) pose as one engine.
+
+Plugins cross the seam without the gateway learning their names: a request carries
+each plugin's validated options under the plugin's name (``GenerationRequest.options``),
+an engine reports per-request accounting the same way (``GenerationDelta.usage``), and
+engine-wide statistics flow as ``MetricUpdate``s of metrics the plugin declared with a
+``MetricSpec``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 
 class EngineError(Exception):
@@ -30,12 +36,15 @@ class EngineDeadError(EngineError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the gateway needs to know about the model it fronts."""
+    """What the gateway needs to know about the model it fronts.
+
+    ``request_options`` maps a request field (a plugin's name) to the pydantic model its
+    value must satisfy; the gateway validates it and passes the result through untouched.
+    """
 
     name: str
     max_model_len: int
-    modalities: tuple[str, ...] = ("text",)
-    plugins: tuple[str, ...] = ()
+    request_options: Mapping[str, type] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,21 +64,47 @@ class SamplingOptions:
 
 
 @dataclass(frozen=True)
+class MultimodalItem:
+    """One image or video of a prompt, in the order its placeholder appears in the tokens.
+
+    ``data`` is what the engine's processor takes (a decoded image, frames); ``options``
+    are per-item settings a plugin reads (e.g. a visual-token budget).
+    """
+
+    modality: Literal["image", "video"]
+    data: Any
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model reads: token ids, plus the multimodal items their placeholders stand for."""
+
+    token_ids: Sequence[int]
+    multimodal: tuple[MultimodalItem, ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt, already tokenized, and how to continue it."""
+    """One prompt and how to continue it.
+
+    ``options`` holds per-request plugin options, keyed by plugin name, already validated.
+    """
 
     request_id: str
-    prompt_token_ids: Sequence[int]
+    prompt: Prompt
     sampling: SamplingOptions
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """Log-probability of one generated token and its strongest alternatives."""
+    """Log-probability of one token; for a generated token, also its strongest alternatives."""
 
+    token_id: int
     token: str
     logprob: float
-    top: tuple[tuple[str, float], ...] = ()
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -77,45 +112,66 @@ class GenerationDelta:
     """New output of one choice since the previous delta.
 
     ``finish_reason`` is set on the last delta of a choice: "stop" (EOS or a stop
-    string), "length" (max_tokens or context), or "abort".
+    string), "length" (max_tokens or context), or "abort". ``usage`` is set once per
+    engine request, on its last delta: plugin accounting keyed by plugin name, each a
+    flat mapping of numbers (e.g. ``{"adaptive": {"large_model_tokens": 12}}``).
     """
 
     index: int
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
-    stop_reason: str | int | None = None
     logprobs: list[TokenLogprob] | None = None
-    queue_time_s: float | None = field(default=None)
+    queue_time_s: float | None = None
+    usage: Mapping[str, Mapping[str, float]] | None = None
+
+
+MetricKind = Literal["counter", "gauge", "histogram"]
 
 
 @dataclass(frozen=True)
-class SpeculationStats:
-    """What speculative decoding did in one engine step (summed over the batch).
+class MetricSpec:
+    """A Prometheus series a plugin declares; ``service/metrics.py`` creates it.
 
-    ``drafts`` counts (request, step) pairs that carried draft tokens; each accepted
-    token is one target forward pass saved for that request.
+    Every series also gets the label ``model``. Counters are named without ``_total``
+    (prometheus_client appends it).
     """
 
-    drafts: int
-    draft_tokens: int
-    accepted_tokens: int
-    accepted_per_position: tuple[int, ...]
+    name: str
+    kind: MetricKind
+    documentation: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MetricUpdate:
+    """One change to a declared metric: a counter grows by ``value``, a gauge is set to it,
+    a histogram observes it. ``labels`` are the values of ``MetricSpec.labels``, in order."""
+
+    name: str
+    value: float
+    labels: tuple[str, ...] = ()
+
+
+StatsSink = Callable[[Sequence[MetricUpdate]], None]
 
 
 @runtime_checkable
 class Engine(Protocol):
-    """Anything that turns prompts into tokens; the gateway's only view of a model."""
+    """Anything that turns prompts into tokens; the gateway's only view of a model.
+
+    A request is aborted by closing its ``generate`` stream (``aclose``), which is what
+    happens when a client goes away or a deadline passes.
+    """
 
     def info(self) -> ModelInfo: ...
 
     async def tokenize(self, text: str) -> list[int]: ...
 
-    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]: ...
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> Prompt: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]: ...
-
-    async def abort(self, request_id: str) -> None: ...
 
     async def check_health(self) -> None: ...
 

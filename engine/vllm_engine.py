@@ -2,188 +2,66 @@
 
 The engine core runs in a subprocess that vLLM spawns; this object lives in the
 gateway's event loop, so everything here must stay cheap per token: it only
-translates vLLM's ``RequestOutput`` deltas into ``GenerationDelta``.
+translates vLLM's ``RequestOutput`` deltas into ``GenerationDelta`` and lets the
+active plugins see each request's options on the way in and its output at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
-from vllm import SamplingParams
-from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
-from vllm.inputs.engine import tokens_input
-from vllm.outputs import CompletionOutput, RequestOutput
-from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
-from vllm.v1.metrics.loggers import StatLoggerBase
 
+from engine.plugin import ActivePlugin, EngineContext, FinishedRequest
 from engine.protocol import (
     EngineDeadError,
     GenerationDelta,
     GenerationRequest,
     InvalidRequestError,
+    MetricUpdate,
     ModelInfo,
-    SamplingOptions,
-    SpeculationStats,
-    TokenLogprob,
+    Prompt,
+    StatsSink,
 )
-
-logger = logging.getLogger(__name__)
-
-_CPU_DEFAULT_KV_CACHE_GIB = 4.0
-
-
-@dataclass(frozen=True)
-class VllmEngineConfig:
-    """The engine fields of ``Settings``, passed through to vLLM's ``AsyncEngineArgs``."""
-
-    model: str
-    served_model_name: str
-    max_model_len: int | None = None
-    dtype: str = "auto"
-    enforce_eager: bool = False
-    max_num_seqs: int | None = None
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float | None = None
-    kv_cache_gib: float | None = None
-    seed: int = 0
-    speculative_config: dict | None = None  # engine/plugins/speculative/config.py builds it
-
-
-def resolve_dtype(requested: str) -> str:
-    """``auto`` means float32 on CPUs without native bf16 (AVX512-BF16/AMX).
-
-    vLLM's CPU build picks bf16 for ``auto``; on an AVX2-only CPU bf16 matmuls
-    fall back to slow paths: SmolLM2-135M decoded 3.2x faster and prefilled 6x
-    faster in float32 on this project's 2-core AMD EPYC (benchmarks/RESULTS.md).
-    """
-    import torch
-    from vllm.platforms import current_platform
-
-    if requested == "auto" and current_platform.is_cpu() and not torch.cpu._is_avx512_bf16_supported():
-        return "float32"
-    return requested
-
-
-def _engine_args(config: VllmEngineConfig) -> AsyncEngineArgs:
-    from vllm.platforms import current_platform
-
-    optional: dict[str, object] = {}
-    if config.max_model_len is not None:
-        optional["max_model_len"] = config.max_model_len
-    if config.max_num_seqs is not None:
-        optional["max_num_seqs"] = config.max_num_seqs
-    if config.gpu_memory_utilization is not None:
-        optional["gpu_memory_utilization"] = config.gpu_memory_utilization
-    kv_cache_gib = config.kv_cache_gib
-    if kv_cache_gib is None and current_platform.is_cpu():
-        # vLLM's CPU default (a fraction of the NUMA node) fails on small machines.
-        kv_cache_gib = _CPU_DEFAULT_KV_CACHE_GIB
-    if kv_cache_gib is not None:
-        optional["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
-    return AsyncEngineArgs(
-        model=config.model,
-        served_model_name=[config.served_model_name],
-        dtype=resolve_dtype(config.dtype),
-        enforce_eager=config.enforce_eager,
-        tensor_parallel_size=config.tensor_parallel_size,
-        seed=config.seed,
-        speculative_config=config.speculative_config,
-        **optional,
-    )
-
-
-def speculation_logger(sink: Callable[[SpeculationStats], None]) -> Callable[..., StatLoggerBase]:
-    """A vLLM stat-logger factory that forwards spec-decode counts to ``sink``.
-
-    vLLM aggregates them per scheduler step in ``SchedulerStats.spec_decoding_stats``;
-    this is the documented way to read them without scraping vLLM's own metrics.
-    """
-
-    class _SpeculationLogger(StatLoggerBase):
-        def __init__(self, vllm_config, engine_index: int = 0) -> None:
-            del vllm_config, engine_index
-
-        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
-            stats = getattr(scheduler_stats, "spec_decoding_stats", None)
-            if stats is None or stats.num_drafts == 0:
-                return
-            sink(SpeculationStats(
-                drafts=stats.num_drafts,
-                draft_tokens=stats.num_draft_tokens,
-                accepted_tokens=stats.num_accepted_tokens,
-                accepted_per_position=tuple(stats.num_accepted_tokens_per_pos),
-            ))
-
-        def log_engine_initialized(self) -> None:
-            pass
-
-    return _SpeculationLogger
-
-
-def to_sampling_params(options: SamplingOptions) -> SamplingParams:
-    """One explicit conversion from OpenAI's sampling fields to vLLM's."""
-    return SamplingParams(
-        n=options.n,
-        temperature=options.temperature,
-        top_p=options.top_p,
-        seed=options.seed,
-        stop=list(options.stop),
-        presence_penalty=options.presence_penalty,
-        frequency_penalty=options.frequency_penalty,
-        max_tokens=options.max_tokens,
-        logprobs=options.logprobs,
-        ignore_eos=options.ignore_eos,
-        output_kind=RequestOutputKind.DELTA,
-    )
-
-
-def _token_logprobs(output: CompletionOutput, num_top: int) -> list[TokenLogprob]:
-    """vLLM's per-position {token_id: Logprob} maps -> sampled token plus top-``num_top``."""
-    result = []
-    assert output.logprobs is not None
-    for token_id, position in zip(output.token_ids, output.logprobs, strict=True):
-        sampled = position[token_id]
-        ranked = sorted(
-            (entry for entry in position.values() if entry.rank is not None and entry.rank <= num_top),
-            key=lambda entry: entry.rank,
-        )
-        result.append(TokenLogprob(
-            token=sampled.decoded_token or "",
-            logprob=sampled.logprob,
-            top=tuple((entry.decoded_token or "", entry.logprob) for entry in ranked[:num_top]),
-        ))
-    return result
+from engine.vllm_args import async_engine_args
+from engine.vllm_convert import engine_queue_time, to_sampling_params, to_vllm_prompt, token_logprobs
+from engine.vllm_stats import plugin_stat_logger
 
 
 class VllmEngine:
     """An ``Engine`` backed by one vLLM ``AsyncLLM``."""
 
-    def __init__(self, llm: AsyncLLM, served_model_name: str) -> None:
+    def __init__(self, llm: AsyncLLM, info: ModelInfo, plugins: Sequence[ActivePlugin] = (),
+                 on_stats: StatsSink | None = None) -> None:
         self._llm = llm
+        self._info = info
+        self._plugins = tuple(plugins)
+        self._on_stats = on_stats
         self._tokenizer = llm.get_tokenizer()
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
-        self._info = ModelInfo(name=served_model_name, max_model_len=llm.model_config.max_model_len)
 
     @classmethod
-    async def start(cls, config: VllmEngineConfig,
-                    on_speculation: Callable[[SpeculationStats], None] | None = None) -> VllmEngine:
+    async def start(cls, engine_args: Mapping[str, Any], context: EngineContext,
+                    plugins: Sequence[ActivePlugin] = (), on_stats: StatsSink | None = None) -> VllmEngine:
         """Load the model; runs vLLM's blocking start-up off the event loop.
 
-        ``on_speculation`` receives each engine step's speculative-decoding counts
-        (only called when ``config.speculative_config`` is set).
+        ``on_stats`` receives the metric updates of plugins (per engine step and per request).
         """
-        args = _engine_args(config)
-        loggers = [speculation_logger(on_speculation)] if on_speculation and config.speculative_config else None
+        args = async_engine_args(engine_args)
+        observers = [observer for item in plugins
+                     if (observer := item.plugin.step_observer(item.settings, context)) is not None]
+        loggers = [plugin_stat_logger(observers, on_stats)] if observers and on_stats else None
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers)
-        return cls(llm, config.served_model_name)
+        options = {item.name: item.plugin.request_options for item in plugins if item.plugin.request_options}
+        info = ModelInfo(name=context.served_model_name, max_model_len=llm.model_config.max_model_len,
+                         request_options=options)
+        return cls(llm, info, plugins, on_stats)
 
     def info(self) -> ModelInfo:
         return self._info
@@ -195,33 +73,38 @@ class VllmEngine:
             self._tokenizer_pool, partial(self._tokenizer.encode, text, add_special_tokens=False),
         )
 
-    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> Prompt:
         try:
             text = self._tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt,
             )
         except Exception as error:  # jinja errors: a message the template cannot render
             raise InvalidRequestError(f"chat template failed: {error}", param="messages") from error
-        return await self.tokenize(text)
+        return Prompt(await self.tokenize(text))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        prompt = tokens_input(list(request.prompt_token_ids))
         num_top = request.sampling.logprobs
+        output_tokens = [0] * request.sampling.n
         first = True
         try:
-            params = to_sampling_params(request.sampling)
-            async for output in self._llm.generate(prompt, params, request.request_id):
-                queue_time = _engine_queue_time(output) if first else None
+            params = to_sampling_params(request.sampling, self._sampling_extra_args(request))
+            async for output in self._llm.generate(to_vllm_prompt(request.prompt), params, request.request_id):
+                queue_time = engine_queue_time(output) if first else None
                 first = False
                 for choice in output.outputs:
+                    output_tokens[choice.index] += len(choice.token_ids)
+                usage = None
+                if output.finished:
+                    usage = self._finish_accounting(FinishedRequest(request, tuple(output_tokens), output))
+                for position, choice in enumerate(output.outputs):
                     yield GenerationDelta(
                         index=choice.index,
                         text=choice.text,
                         token_ids=list(choice.token_ids),
                         finish_reason=choice.finish_reason,
-                        stop_reason=choice.stop_reason,
-                        logprobs=_token_logprobs(choice, num_top) if num_top is not None else None,
+                        logprobs=token_logprobs(choice, num_top) if num_top is not None else None,
                         queue_time_s=queue_time,
+                        usage=usage if position == len(output.outputs) - 1 else None,
                     )
         except VllmEngineDeadError as error:
             raise EngineDeadError(str(error) or "the engine died") from error
@@ -229,8 +112,30 @@ class VllmEngine:
             message = error.args[0] if error.args else str(error)
             raise InvalidRequestError(message, param=getattr(error, "parameter", None)) from error
 
-    async def abort(self, request_id: str) -> None:
-        await self._llm.abort(request_id)
+    def _sampling_extra_args(self, request: GenerationRequest) -> dict[str, Any]:
+        """Each plugin's per-request arguments, under its name, for code running inside vLLM."""
+        extra = {}
+        for item in self._plugins:
+            args = item.plugin.sampling_args(item.settings, request.options.get(item.name))
+            if args is not None:
+                extra[item.name] = dict(args)
+        return extra
+
+    def _finish_accounting(self, finished: FinishedRequest) -> dict[str, Mapping[str, float]]:
+        """Plugins' per-request usage (returned) and metric updates (sent to the stats sink)."""
+        usage: dict[str, Mapping[str, float]] = {}
+        updates: list[MetricUpdate] = []
+        for item in self._plugins:
+            options = finished.request.options.get(item.name)
+            accounting = item.plugin.request_finished(item.settings, options, finished)
+            if accounting is None:
+                continue
+            if accounting.usage:
+                usage[item.name] = dict(accounting.usage)
+            updates.extend(accounting.updates)
+        if updates and self._on_stats is not None:
+            self._on_stats(updates)
+        return usage
 
     async def check_health(self) -> None:
         if self._llm.errored:
@@ -242,10 +147,3 @@ class VllmEngine:
 
     async def shutdown(self) -> None:
         self._llm.shutdown()
-
-
-def _engine_queue_time(output: RequestOutput) -> float | None:
-    stats = output.metrics
-    if stats is None or not stats.scheduled_ts or not stats.queued_ts:
-        return None
-    return max(0.0, stats.scheduled_ts - stats.queued_ts)

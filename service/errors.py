@@ -1,18 +1,26 @@
 """OpenAI-style errors: ``{"error": {"message", "type", "param", "code"}}``.
 
-Every failure leaves the gateway through ``APIError`` or one of the handlers
-installed here, so clients (the official ``openai`` package included) always
-get the schema and status they expect, and no stack trace leaks out.
+Every failure leaves the gateway through ``api_error``, the one table from
+exception to status, type and code, used by the handlers installed here and by
+event streams. So clients (the official ``openai`` package included) always get
+the schema and status they expect, wherever the error was raised, and no stack
+trace leaks out.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.protocol import EngineDeadError, InvalidRequestError
+from service.admission import AdmissionRejected
+from service.rate_limit import RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -71,35 +79,69 @@ def _validation_param(error: dict) -> str | None:
     return ".".join(location) or None
 
 
-async def _on_api_error(_: Request, error: APIError) -> JSONResponse:
-    return error_response(error)
-
-
-async def _on_validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+def _validation_error(error: RequestValidationError) -> APIError:
+    """400, not FastAPI's 422, as OpenAI answers; the message names the first bad field."""
     first = error.errors()[0] if error.errors() else {}
     if first.get("type") == "json_invalid":
-        return error_response(bad_request(f"malformed JSON body: {first.get('msg', '')}", code="invalid_json"))
+        return bad_request(f"malformed JSON body: {first.get('msg', '')}", code="invalid_json")
     param = _validation_param(first)
     message = first.get("msg", "invalid request")
     if param:
         message = f"{param}: {message}"
-    return error_response(bad_request(message, param=param, code="invalid_value"))
+    return bad_request(message, param=param, code="invalid_value")
 
 
-async def _on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-    return error_response(APIError(
+def _too_many_requests(message: str, retry_after_s: int | None) -> APIError:
+    headers = None if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+    return APIError(429, message, "rate_limit_error", code="rate_limit_exceeded", headers=headers)
+
+
+# Exception type -> its APIError, given the server's Retry-After for refusals at capacity.
+# Looked up along the exception's MRO, so subclasses map as their nearest listed base.
+_TABLE: dict[type[BaseException], Callable[[Any, int | None], APIError]] = {
+    APIError: lambda error, _: error,
+    RequestValidationError: lambda error, _: _validation_error(error),
+    StarletteHTTPException: lambda error, _: APIError(
         error.status_code, str(error.detail), _STATUS_TYPES.get(error.status_code, "invalid_request_error"),
         headers=getattr(error, "headers", None),
-    ))
+    ),
+    InvalidRequestError: lambda error, _: bad_request(str(error), param=error.param),
+    EngineDeadError: lambda error, _: APIError(
+        503, f"engine failed: {error}", "service_unavailable_error", code="engine_dead",
+    ),
+    RateLimited: lambda error, _: _too_many_requests(str(error), error.retry_after_s),
+    AdmissionRejected: lambda error, retry_after_s: _too_many_requests(str(error), retry_after_s),
+    # 408, not 504: a deadline is the request's own (or the operator's) contract, not a server fault.
+    TimeoutError: lambda error, _: APIError(
+        408, "the request did not finish within its deadline", "timeout_error", code="request_timeout",
+    ),
+}
 
 
-async def _on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(APIError(500, "internal server error", "internal_server_error"))
+def api_error(exc: BaseException, retry_after_s: int | None = None) -> APIError | None:
+    """What the client is told about ``exc``, or None for a failure the gateway does not expect (a 500).
+
+    ``retry_after_s`` is the server's ``--retry-after-s``, the Retry-After of a
+    refusal at capacity (``AdmissionRejected``); None where no header can reach
+    the client any more (inside an event stream).
+    """
+    for kind in type(exc).__mro__:
+        convert = _TABLE.get(kind)
+        if convert is not None:
+            return convert(exc, retry_after_s)
+    return None
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _on_api_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected_error)
+def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    """Answer every exception type of the table through it, and anything else with a bare 500."""
+
+    async def on_known_error(_: Request, error: Exception) -> JSONResponse:
+        return error_response(api_error(error, retry_after_s))
+
+    async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(APIError(500, "internal server error", "internal_server_error"))
+
+    for kind in _TABLE:
+        app.add_exception_handler(kind, on_known_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

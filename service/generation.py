@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from engine.protocol import Engine, GenerationDelta, GenerationRequest, InvalidRequestError, SamplingOptions
+from engine.protocol import Engine, GenerationDelta, GenerationRequest, InvalidRequestError
 from service import metrics
 from service.admission import AdmissionController
-from service.errors import APIError, bad_request
+from service.errors import api_error, bad_request
 from service.limits import RequestLimits, check_prompt_tokens
 
 
@@ -27,7 +27,7 @@ class GenerationContext:
     engine: Engine
     admission: AdmissionController
     model_name: str
-    limits: RequestLimits = RequestLimits()
+    limits: RequestLimits
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,8 @@ class RequestScope:
         return None if self.deadline_s is None else self.deadline_s - time.monotonic()
 
 
-def deadline_exceeded() -> APIError:
-    """408, not 504: the deadline is the request's own (or the operator's) contract, not a server fault."""
-    return APIError(408, "the request did not finish within its deadline", "timeout_error", code="request_timeout")
-
-
 def resolve_max_tokens(
-    requested: int | None, prompt_tokens: int, max_model_len: int, param: str, limits: RequestLimits = RequestLimits(),
+    requested: int | None, prompt_tokens: int, max_model_len: int, param: str, limits: RequestLimits,
 ) -> int:
     """Fit max_tokens into the context window, or explain in a 400 why it cannot fit."""
     check_prompt_tokens(prompt_tokens, limits, "messages" if param == "max_completion_tokens" else "prompt")
@@ -84,7 +79,7 @@ async def tracked_generation(
     Timeouts wrap single awaits, never a ``yield``: a timeout spanning a yield
     would cancel whatever the consumer is doing at that moment instead.
     """
-    stats = metrics.RequestStats(arrival_s=scope.arrival_s, prompt_tokens=len(request.prompt_token_ids))
+    stats = metrics.RequestStats(arrival_s=scope.arrival_s, prompt_tokens=len(request.prompt.token_ids))
     last_token_at: dict[int, float] = {}
     finished = 0
     try:
@@ -107,14 +102,14 @@ async def tracked_generation(
                             stats.finish_reasons.append(delta.finish_reason)
                         yield delta
             except InvalidRequestError as error:
-                raise bad_request(str(error), param=error.param) from error
+                raise api_error(error) from error
             finally:
                 stats.finish_reasons.extend(["abort"] * (request.sampling.n - finished))
                 metrics.record_request(context.model_name, stats)
                 if scope.on_tokens is not None:
                     scope.on_tokens(stats.prompt_tokens + stats.output_tokens)
     except TimeoutError as error:
-        raise deadline_exceeded() from error
+        raise api_error(error) from error  # 408: the deadline passed
 
 
 def _record_tokens(
@@ -166,42 +161,6 @@ async def merge_streams(streams: list[AsyncIterator[GenerationDelta]]) -> AsyncI
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def sampling_options(
-    *,
-    max_tokens: int,
-    n: int,
-    temperature: float | None,
-    top_p: float | None,
-    seed: int | None,
-    stop: tuple[str, ...],
-    presence_penalty: float,
-    frequency_penalty: float,
-    logprobs: int | None,
-    ignore_eos: bool = False,
-) -> SamplingOptions:
-    """OpenAI defaults (temperature 1, top_p 1) applied where the client sent nothing."""
-    return SamplingOptions(
-        max_tokens=max_tokens,
-        n=n,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        seed=seed,
-        stop=stop,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        logprobs=logprobs,
-        ignore_eos=ignore_eos,
-    )
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
 
 
 def validate_model(requested: str, served: str) -> None:

@@ -10,16 +10,27 @@ from dataclasses import dataclass
 
 from service.errors import bad_request
 from service.protocol import ChatCompletionRequest, CompletionRequest
+from service.settings import Settings
 
 
 @dataclass(frozen=True)
 class RequestLimits:
-    max_n: int = 16
-    max_prompts: int = 64
-    max_stop_sequences: int = 4
-    max_logprobs: int = 20
-    max_prompt_tokens: int | None = None
-    max_tokens_limit: int | None = None
+    """No defaults of its own: ``Settings`` holds them, so a bound is changed in one place."""
+
+    max_n: int
+    max_prompts: int
+    max_stop_sequences: int
+    max_logprobs: int
+    max_prompt_tokens: int | None
+    max_tokens_limit: int | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RequestLimits:
+        return cls(
+            max_n=settings.max_n, max_prompts=settings.max_prompts,
+            max_stop_sequences=settings.max_stop_sequences, max_logprobs=settings.max_logprobs,
+            max_prompt_tokens=settings.max_prompt_tokens, max_tokens_limit=settings.max_tokens_limit,
+        )
 
 
 def _at_most(value: int, limit: int, param: str) -> None:

@@ -1,17 +1,20 @@
 """Every Prometheus metric leanserve exports, defined here and nowhere else.
 
 Other modules build typed stats (``RequestStats``) and hand them to ``record_*``
-functions; they never touch prometheus_client themselves. Names carry the
-``leanserve_`` prefix and a ``model`` label, and are documented in the README.
+functions; they never touch prometheus_client themselves. Plugins declare their
+series (``engine.protocol.MetricSpec``) and report ``MetricUpdate``s; they are created
+and updated here too. Names carry the ``leanserve_`` prefix and a ``model`` label, and
+are documented in the README.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from engine.protocol import SpeculationStats
+from engine.protocol import MetricSpec, MetricUpdate
 
 _LATENCY_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
@@ -86,54 +89,34 @@ class RequestStats:
     finish_reasons: list[str] = field(default_factory=list)
 
 
-SPEC_DRAFTS = Counter(
-    "leanserve_spec_decode_drafts",
-    "Target steps of a request that verified draft tokens (speculative decoding).",
-    ["model", "method"],
-)
-SPEC_DRAFT_TOKENS = Counter(
-    "leanserve_spec_decode_draft_tokens", "Draft tokens proposed for verification.", ["model", "method"],
-)
-SPEC_ACCEPTED_TOKENS = Counter(
-    "leanserve_spec_decode_accepted_tokens",
-    "Draft tokens the target accepted: each one is a target forward pass saved.",
-    ["model", "method"],
-)
-SPEC_ACCEPTED_BY_POSITION = Counter(
-    "leanserve_spec_decode_accepted_tokens_by_position",
-    "Accepted draft tokens by position in the draft (0 = first).",
-    ["model", "method", "position"],
-)
-SPEC_ACCEPTANCE_RATE = Gauge(
-    "leanserve_spec_decode_acceptance_rate",
-    "Accepted / proposed draft tokens since start (use the counters for windows).",
-    ["model", "method"],
-)
-SPEC_MEAN_ACCEPTED_LENGTH = Gauge(
-    "leanserve_spec_decode_mean_accepted_length",
-    "Tokens emitted per target step with drafts since start: 1 + accepted / drafts.",
-    ["model", "method"],
-)
+_PLUGIN_KINDS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+_plugin_metrics: dict[str, tuple[MetricSpec, Counter | Gauge | Histogram]] = {}
 
 
-_spec_totals: dict[tuple[str, str], list[int]] = {}  # (model, method) -> drafts, proposed, accepted
+def declare_plugin_metrics(specs: Iterable[MetricSpec]) -> None:
+    """Create the series plugins declare (idempotent: one app per process, or several in tests)."""
+    for spec in specs:
+        known = _plugin_metrics.get(spec.name)
+        if known is not None:
+            if known[0] != spec:
+                raise ValueError(f"metric {spec.name} is declared twice, differently")
+            continue
+        extra = {"buckets": spec.buckets} if spec.kind == "histogram" and spec.buckets else {}
+        metric = _PLUGIN_KINDS[spec.kind](spec.name, spec.documentation, ["model", *spec.labels], **extra)
+        _plugin_metrics[spec.name] = (spec, metric)
 
 
-def record_speculation(model: str, method: str, stats: SpeculationStats) -> None:
-    """One engine step's spec-decode counts (engine/protocol.py ``SpeculationStats``)."""
-    SPEC_DRAFTS.labels(model, method).inc(stats.drafts)
-    SPEC_DRAFT_TOKENS.labels(model, method).inc(stats.draft_tokens)
-    SPEC_ACCEPTED_TOKENS.labels(model, method).inc(stats.accepted_tokens)
-    for position, accepted in enumerate(stats.accepted_per_position):
-        if accepted:
-            SPEC_ACCEPTED_BY_POSITION.labels(model, method, str(position)).inc(accepted)
-    totals = _spec_totals.setdefault((model, method), [0, 0, 0])
-    totals[0] += stats.drafts
-    totals[1] += stats.draft_tokens
-    totals[2] += stats.accepted_tokens
-    drafts, proposed, accepted = totals
-    SPEC_ACCEPTANCE_RATE.labels(model, method).set(accepted / proposed if proposed else 0.0)
-    SPEC_MEAN_ACCEPTED_LENGTH.labels(model, method).set(1.0 + accepted / drafts if drafts else 1.0)
+def record_plugin_updates(model: str, updates: Sequence[MetricUpdate]) -> None:
+    """Apply what an engine reported through its stats channel (``engine.protocol.StatsSink``)."""
+    for update in updates:
+        spec, metric = _plugin_metrics[update.name]
+        child = metric.labels(model, *update.labels)
+        if spec.kind == "counter":
+            child.inc(update.value)
+        elif spec.kind == "gauge":
+            child.set(update.value)
+        else:
+            child.observe(update.value)
 
 
 def record_request(model: str, stats: RequestStats) -> None:

@@ -4,7 +4,12 @@ Ranges fixed by the API are checked here; bounds an operator sets (n, stop
 sequences, logprobs, prompt count) are checked against ``RequestLimits`` in
 ``service/limits.py``. Either way an out-of-range value is a 400 naming its
 ``param`` before anything reaches the engine. Unknown fields are
-ignored, as vLLM does, so that clients sending newer OpenAI fields still work.
+ignored, as vLLM does, so that clients sending newer OpenAI fields still work;
+the two request bodies keep them (``model_extra``) because plugins' per-request
+options arrive that way (``service/plugin_options.py``).
+
+``sampling_options`` is the one conversion from a request body to the engine's
+``SamplingOptions`` (as vLLM's ``to_sampling_params``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import functools
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+
+from engine.protocol import SamplingOptions
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -90,9 +97,30 @@ class _SamplingFields(_Request):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    def requested_logprobs(self) -> int | None:
+        """vLLM's count of alternatives per token, or None when logprobs are off."""
+        raise NotImplementedError
+
+    def sampling_options(self, max_tokens: int) -> SamplingOptions:
+        """OpenAI defaults (temperature 1, top_p 1) applied where the client sent nothing."""
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            n=self.n,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            stop=self.stop_sequences(),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=self.requested_logprobs(),
+            ignore_eos=self.ignore_eos,
+        )
+
 
 class ChatCompletionRequest(_SamplingFields):
     """POST /v1/chat/completions"""
+
+    model_config = ConfigDict(extra="allow")
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = None
@@ -104,7 +132,6 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def requested_logprobs(self) -> int | None:
-        """vLLM's count of alternatives per token, or None when logprobs are off."""
         if not self.logprobs:
             return None
         return self.top_logprobs or 0
@@ -117,6 +144,8 @@ PromptText = Annotated[str, Field(min_length=1)]
 
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions"""
+
+    model_config = ConfigDict(extra="allow")
 
     prompt: PromptText | list[PromptText] | PromptTokens | list[PromptTokens]
     max_tokens: PositiveInt | None = Field(None, description="default 16, capped by the server's limit")
@@ -131,6 +160,9 @@ class CompletionRequest(_SamplingFields):
         if isinstance(value, list) and not value:
             raise ValueError("prompt must not be an empty list")
         return value
+
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt field as a list of prompts (each text or token ids)."""
@@ -158,6 +190,10 @@ class ErrorResponse(BaseModel):
 
 
 class Usage(BaseModel):
+    """Token counts; each active plugin may add an object of figures under its own name."""
+
+    model_config = ConfigDict(extra="allow")
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int

@@ -25,10 +25,6 @@ _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message"
 access_logger = logging.getLogger("leanserve.access")
 
 
-def current_request_id() -> str | None:
-    return _request_id.get()
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id, and any ``extra``."""
 

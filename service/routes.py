@@ -1,4 +1,8 @@
-"""HTTP routes: thin functions that validate, pick a serving class and map errors."""
+"""HTTP routes: thin functions that validate and pick a serving class.
+
+What they raise becomes a response in ``service.errors`` (``api_error``), the one
+place that knows which exception is which status.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.protocol import EngineDeadError
-from service.admission import AdmissionRejected
 from service.auth import API_KEY_SCOPE_FIELD
-from service.errors import APIError, error_response
 from service.generation import RequestScope, validate_model
 from service.limits import check_request_limits
 from service.protocol import (
@@ -27,10 +28,8 @@ from service.protocol import (
     ModelList,
     Status,
 )
-from service.rate_limit import KeyRateLimiter, RateLimited
-
-if TYPE_CHECKING:
-    from service.app import ServerState
+from service.rate_limit import KeyRateLimiter
+from service.state import ServerState
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -77,12 +76,6 @@ def _generation_responses(model: type) -> dict:
     return {200: {"model": model, "content": _EVENT_STREAM}, **_ERRORS}
 
 
-def _too_many(message: str, retry_after_s: int) -> Response:
-    return error_response(APIError(
-        429, message, "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(retry_after_s)},
-    ))
-
-
 def _prompt_text(body: ChatCompletionRequest | CompletionRequest) -> object:
     if isinstance(body, ChatCompletionRequest):
         return [{"role": message.role, "content": message.text()} for message in body.messages]
@@ -92,7 +85,6 @@ def _prompt_text(body: ChatCompletionRequest | CompletionRequest) -> object:
 def build_router(
     state: ServerState,
     limiter: KeyRateLimiter,
-    retry_after_s: int,
     request_timeout_s: float | None,
     log_prompts: bool = False,
 ) -> APIRouter:
@@ -118,13 +110,6 @@ def build_router(
     async def serve(request: Request, body: ChatCompletionRequest | CompletionRequest, create) -> Response:
         try:
             return await cancel_on_disconnect(request, create(body, request_scope(body, request)))
-        except RateLimited as error:
-            return _too_many(str(error), error.retry_after_s)
-        except AdmissionRejected as error:
-            return _too_many(str(error), retry_after_s)
-        except EngineDeadError as error:
-            return error_response(APIError(503, f"engine failed: {error}", "service_unavailable_error",
-                                           code="engine_dead"))
         except ClientDisconnected:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
 

@@ -14,7 +14,7 @@ import logging
 import uvicorn
 from fastapi import FastAPI
 
-from service.app import ServerState
+from service.state import ServerState
 
 logger = logging.getLogger(__name__)
 

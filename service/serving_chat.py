@@ -9,30 +9,21 @@ from collections.abc import AsyncIterator
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.protocol import GenerationDelta, GenerationRequest, TokenLogprob
-from service.generation import (
-    GenerationContext,
-    RequestScope,
-    resolve_max_tokens,
-    sampling_options,
-    tracked_generation,
-    usage,
-)
+from service.choices import ChoiceAccumulator, UsageTally
+from service.generation import GenerationContext, RequestScope, resolve_max_tokens, tracked_generation
+from service.plugin_options import plugin_options
 from service.protocol import ChatCompletionRequest
 from service.sse import DONE, encode_event, primed_event_stream
+
+
+def _logprob_entry(entry: TokenLogprob) -> dict:
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.token.encode())}
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> dict:
     """Engine logprobs -> OpenAI's ``choices[].logprobs`` object."""
     return {"content": [
-        {
-            "token": entry.token,
-            "logprob": entry.logprob,
-            "bytes": list(entry.token.encode()),
-            "top_logprobs": [
-                {"token": token, "logprob": logprob, "bytes": list(token.encode())}
-                for token, logprob in entry.top
-            ],
-        }
+        {**_logprob_entry(entry), "top_logprobs": [_logprob_entry(top) for top in entry.top]}
         for entry in entries
     ]}
 
@@ -45,21 +36,18 @@ class ChatCompletionServing:
 
     async def create(self, body: ChatCompletionRequest, scope: RequestScope) -> JSONResponse | StreamingResponse:
         info = self._context.engine.info()
+        options = plugin_options(body, info)
         messages = [{"role": message.role, "content": message.text()} for message in body.messages]
-        prompt_ids = await self._context.engine.render_chat(messages)
+        prompt = await self._context.engine.render_chat(messages)
         max_tokens = resolve_max_tokens(
-            body.requested_max_tokens(), len(prompt_ids), info.max_model_len, "max_completion_tokens",
+            body.requested_max_tokens(), len(prompt.token_ids), info.max_model_len, "max_completion_tokens",
             self._context.limits,
         )
         request = GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
-            prompt_token_ids=prompt_ids,
-            sampling=sampling_options(
-                max_tokens=max_tokens, n=body.n, temperature=body.temperature, top_p=body.top_p,
-                seed=body.seed, stop=body.stop_sequences(), presence_penalty=body.presence_penalty,
-                frequency_penalty=body.frequency_penalty, logprobs=body.requested_logprobs(),
-                ignore_eos=body.ignore_eos,
-            ),
+            prompt=prompt,
+            sampling=body.sampling_options(max_tokens),
+            options=options,
         )
         deltas = tracked_generation(self._context, request, scope)
         if body.stream:
@@ -69,17 +57,9 @@ class ChatCompletionServing:
 
     async def _collect(self, request: GenerationRequest, deltas: AsyncIterator[GenerationDelta]) -> dict:
         n = request.sampling.n
-        texts = [[] for _ in range(n)]
-        logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
-        finish = [None] * n
-        completion_tokens = 0
+        choices = ChoiceAccumulator(n, len(request.prompt.token_ids))
         async for delta in deltas:
-            texts[delta.index].append(delta.text)
-            completion_tokens += len(delta.token_ids)
-            if delta.logprobs:
-                logprobs[delta.index].extend(delta.logprobs)
-            if delta.finish_reason is not None:
-                finish[delta.index] = delta.finish_reason
+            choices.add(delta.index, delta)
         wants_logprobs = request.sampling.logprobs is not None
         return {
             "id": request.request_id,
@@ -89,13 +69,13 @@ class ChatCompletionServing:
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": "".join(texts[i])},
-                    "logprobs": chat_logprobs(logprobs[i]) if wants_logprobs else None,
-                    "finish_reason": finish[i],
+                    "message": {"role": "assistant", "content": choices.text(i)},
+                    "logprobs": chat_logprobs(choices.logprobs[i]) if wants_logprobs else None,
+                    "finish_reason": choices.finish_reasons[i],
                 }
                 for i in range(n)
             ],
-            "usage": usage(len(request.prompt_token_ids), completion_tokens),
+            "usage": choices.usage.as_dict(),
             "system_fingerprint": None,
         }
 
@@ -111,7 +91,7 @@ class ChatCompletionServing:
         if include_usage:
             header["usage"] = None
         wants_logprobs = request.sampling.logprobs is not None
-        completion_tokens = 0
+        usage = UsageTally(len(request.prompt.token_ids))
         started = False
         try:
             async for delta in deltas:
@@ -122,7 +102,7 @@ class ChatCompletionServing:
                             {"index": i, "delta": {"role": "assistant", "content": ""},
                              "logprobs": None, "finish_reason": None},
                         ]})
-                completion_tokens += len(delta.token_ids)
+                usage.add(delta)
                 if not delta.text and delta.finish_reason is None:
                     continue
                 choice = {
@@ -135,5 +115,5 @@ class ChatCompletionServing:
         finally:
             await deltas.aclose()
         if include_usage:
-            yield encode_event({**header, "choices": [], "usage": usage(len(request.prompt_token_ids), completion_tokens)})
+            yield encode_event({**header, "choices": [], "usage": usage.as_dict()})
         yield DONE

@@ -12,17 +12,11 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.protocol import GenerationDelta, GenerationRequest, TokenLogprob
+from engine.protocol import GenerationDelta, GenerationRequest, Prompt, TokenLogprob
+from service.choices import ChoiceAccumulator, UsageTally
 from service.errors import bad_request
-from service.generation import (
-    GenerationContext,
-    RequestScope,
-    merge_streams,
-    resolve_max_tokens,
-    sampling_options,
-    tracked_generation,
-    usage,
-)
+from service.generation import GenerationContext, RequestScope, merge_streams, resolve_max_tokens, tracked_generation
+from service.plugin_options import plugin_options
 from service.protocol import CompletionRequest
 from service.sse import DONE, encode_event, primed_event_stream
 
@@ -38,9 +32,13 @@ def completion_logprobs(entries: list[TokenLogprob], text_offset: int) -> dict:
     return {
         "tokens": [entry.token for entry in entries],
         "token_logprobs": [entry.logprob for entry in entries],
-        "top_logprobs": [dict(entry.top) for entry in entries],
+        "top_logprobs": [{top.token: top.logprob for top in entry.top} for entry in entries],
         "text_offset": offsets,
     }
+
+
+def _prompt_tokens(requests: list[GenerationRequest]) -> int:
+    return sum(len(request.prompt.token_ids) for request in requests)
 
 
 def _check_unsupported(body: CompletionRequest) -> None:
@@ -60,16 +58,20 @@ class CompletionServing:
 
     async def create(self, body: CompletionRequest, scope: RequestScope) -> JSONResponse | StreamingResponse:
         _check_unsupported(body)
+        options = plugin_options(body, self._context.engine.info())
         prompts = body.prompts()
         base_id = f"cmpl-{uuid.uuid4().hex}"
-        requests = [await self._engine_request(f"{base_id}-{i}", prompt, body) for i, prompt in enumerate(prompts)]
+        requests = [await self._engine_request(f"{base_id}-{i}", prompt, body, options)
+                    for i, prompt in enumerate(prompts)]
         deltas = merge_streams([tracked_generation(self._context, request, scope) for request in requests])
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await primed_event_stream(self._events(base_id, requests, deltas, include_usage))
         return JSONResponse(await self._collect(base_id, requests, deltas))
 
-    async def _engine_request(self, request_id: str, prompt: str | list[int], body: CompletionRequest) -> GenerationRequest:
+    async def _engine_request(
+        self, request_id: str, prompt: str | list[int], body: CompletionRequest, options: dict,
+    ) -> GenerationRequest:
         info = self._context.engine.info()
         prompt_ids = await self._context.engine.tokenize(prompt) if isinstance(prompt, str) else prompt
         if not prompt_ids:
@@ -79,34 +81,16 @@ class CompletionServing:
         if requested is None:  # OpenAI's default for completions, within this server's cap
             requested = min(DEFAULT_MAX_TOKENS, limits.max_tokens_limit or DEFAULT_MAX_TOKENS)
         max_tokens = resolve_max_tokens(requested, len(prompt_ids), info.max_model_len, "max_tokens", limits)
-        return GenerationRequest(
-            request_id=request_id,
-            prompt_token_ids=prompt_ids,
-            sampling=sampling_options(
-                max_tokens=max_tokens, n=body.n, temperature=body.temperature, top_p=body.top_p,
-                seed=body.seed, stop=body.stop_sequences(), presence_penalty=body.presence_penalty,
-                frequency_penalty=body.frequency_penalty, logprobs=body.logprobs,
-                ignore_eos=body.ignore_eos,
-            ),
-        )
+        return GenerationRequest(request_id, Prompt(prompt_ids), body.sampling_options(max_tokens), options)
 
     async def _collect(
         self, base_id: str, requests: list[GenerationRequest], deltas: AsyncIterator[tuple[int, GenerationDelta]],
     ) -> dict:
         n = requests[0].sampling.n
         total = len(requests) * n
-        texts: list[list[str]] = [[] for _ in range(total)]
-        logprobs: list[list[TokenLogprob]] = [[] for _ in range(total)]
-        finish: list[str | None] = [None] * total
-        completion_tokens = 0
+        choices = ChoiceAccumulator(total, _prompt_tokens(requests))
         async for prompt_index, delta in deltas:
-            index = prompt_index * n + delta.index
-            texts[index].append(delta.text)
-            completion_tokens += len(delta.token_ids)
-            if delta.logprobs:
-                logprobs[index].extend(delta.logprobs)
-            if delta.finish_reason is not None:
-                finish[index] = delta.finish_reason
+            choices.add(prompt_index * n + delta.index, delta)
         wants_logprobs = requests[0].sampling.logprobs is not None
         return {
             "id": base_id,
@@ -116,13 +100,13 @@ class CompletionServing:
             "choices": [
                 {
                     "index": i,
-                    "text": "".join(texts[i]),
-                    "logprobs": completion_logprobs(logprobs[i], 0) if wants_logprobs else None,
-                    "finish_reason": finish[i],
+                    "text": choices.text(i),
+                    "logprobs": completion_logprobs(choices.logprobs[i], 0) if wants_logprobs else None,
+                    "finish_reason": choices.finish_reasons[i],
                 }
                 for i in range(total)
             ],
-            "usage": usage(sum(len(r.prompt_token_ids) for r in requests), completion_tokens),
+            "usage": choices.usage.as_dict(),
             "system_fingerprint": None,
         }
 
@@ -140,11 +124,11 @@ class CompletionServing:
         n = requests[0].sampling.n
         wants_logprobs = requests[0].sampling.logprobs is not None
         text_offsets = [0] * (len(requests) * n)
-        completion_tokens = 0
+        usage = UsageTally(_prompt_tokens(requests))
         try:
             async for prompt_index, delta in deltas:
                 index = prompt_index * n + delta.index
-                completion_tokens += len(delta.token_ids)
+                usage.add(delta)
                 if not delta.text and delta.finish_reason is None:
                     continue
                 logprobs = None
@@ -157,6 +141,5 @@ class CompletionServing:
         finally:
             await deltas.aclose()
         if include_usage:
-            prompt_tokens = sum(len(r.prompt_token_ids) for r in requests)
-            yield encode_event({**header, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+            yield encode_event({**header, "choices": [], "usage": usage.as_dict()})
         yield DONE

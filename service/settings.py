@@ -1,15 +1,23 @@
 """The one place configuration is read: CLI flags override ``LEANSERVE_*`` env vars.
 
-Components receive the fields they use, never the environment.
+Components receive the fields they use, never the environment. ``Settings`` is the
+gateway's and engine's own fields plus each plugin's settings group (flat: a plugin's
+field is a flag like any other); ``settings_class`` adds plugins kept outside this
+repository. The gateway knows no plugin by name: it only composes what the registry lists.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from engine.plugin import ActivePlugin, Plugin
+from engine.registry import builtin_modules, load_plugins, plugin_fields, split_modules
 
 DEFAULT_MODEL = "default"
 
@@ -18,8 +26,8 @@ def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "leanserve"
 
 
-class Settings(BaseSettings):
-    """Everything a leanserve process can be told, validated once at start-up."""
+class CoreSettings(BaseSettings):
+    """Everything a leanserve process can be told, validated once at start-up (plugins' fields aside)."""
 
     model_config = SettingsConfigDict(env_prefix="LEANSERVE_", extra="forbid", protected_namespaces=())
 
@@ -37,10 +45,11 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     kv_cache_gib: float | None = Field(None, gt=0, description="KV cache size in GiB (default: 4 on CPU, vLLM's choice on GPU)")
     seed: int = 0
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="NAME=VALUE: any other vLLM engine argument (repeat; value as JSON or text)")
 
-    # Speculative decoding (engine/plugins/speculative): lossless, verified by the target.
-    speculative: str | None = Field(None, description="ngram | suffix | draft:MODEL | mtp[:HEAD_DIR]")
-    num_speculative_tokens: int | None = Field(None, gt=0, le=16, description="draft length K (default per method)")
+    # Plugins kept outside this repository (built-in ones are always loaded; each has its own flags).
+    plugins: Annotated[tuple[str, ...], NoDecode] = Field((), description="comma-separated plugin module paths")
 
     # HTTP.
     host: str = "127.0.0.1"
@@ -72,18 +81,54 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_prompts: bool = Field(False, description="include prompt text in logs")
 
-    @field_validator("speculative")
-    @classmethod
-    def _check_speculative(cls, value: str | None) -> str | None:
-        if value is not None:
-            from engine.plugins.speculative.config import parse_speculative
+    _plugin_modules: ClassVar[tuple[tuple[str, Plugin], ...]] = ()
+    _plugin_groups: tuple[ActivePlugin, ...] = PrivateAttr(())
 
-            parse_speculative(value)  # ValueError -> a validation error naming the flag
-        return value
-
-    @field_validator("api_keys", "public_paths", mode="before")
+    @field_validator("api_keys", "public_paths", "plugins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(key.strip() for key in value.split(",") if key.strip())
+            return split_modules(value)
         return value
+
+    @model_validator(mode="after")
+    def _validate_plugin_groups(self) -> CoreSettings:
+        """Each plugin's group is validated by its own model (cross-field rules included) once, here."""
+        loaded = {module for module, _ in self._plugin_modules}
+        missing = [module for module in self.plugins if module not in loaded]
+        if missing:
+            raise ValueError(f"plugins {missing} are not loaded: build the class with settings_class(plugins)")
+        groups = []
+        for module, plugin in self._plugin_modules:
+            values = {name: getattr(self, name) for name in plugin.settings_model.model_fields}
+            groups.append(ActivePlugin(module, plugin, plugin.settings_model.model_validate(values)))
+        self._plugin_groups = tuple(groups)
+        return self
+
+    def plugin_groups(self) -> tuple[ActivePlugin, ...]:
+        """Every loaded plugin with its validated settings group, enabled or not."""
+        return self._plugin_groups
+
+    def active_plugins(self) -> tuple[ActivePlugin, ...]:
+        """The plugins these settings switch on."""
+        return tuple(group for group in self._plugin_groups if group.plugin.enabled(group.settings))
+
+
+@functools.cache
+def settings_class(extra_plugins: Sequence[str] = ()) -> type[CoreSettings]:
+    """``CoreSettings`` plus the fields of every built-in plugin and of ``extra_plugins`` (module paths).
+
+    Plugin fields reach their validators as the raw text of a flag or variable (``NoDecode``),
+    as the gateway's own list-valued fields do.
+    """
+    loaded = load_plugins((*builtin_modules(), *extra_plugins))
+    fields = plugin_fields([plugin for _, plugin in loaded], taken=tuple(CoreSettings.model_fields))
+    composed = create_model(
+        "Settings", __base__=CoreSettings, __module__=__name__,
+        **{name: (Annotated[annotation, NoDecode], info) for name, (annotation, info) in fields.items()},
+    )
+    composed._plugin_modules = loaded
+    return composed
+
+
+Settings = settings_class(())

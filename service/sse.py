@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 
-from engine.protocol import EngineDeadError
-from service.errors import APIError, error_body
+from service.errors import api_error, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +30,11 @@ async def _with_first(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str
     try:
         async for event in rest:
             yield event
-    except APIError as error:
-        yield encode_event(error_body(error.message, error.type, error.param, error.code))
-        yield DONE
-    except EngineDeadError as error:
-        yield encode_event(error_body(f"engine failed: {error}", "service_unavailable_error", code="engine_dead"))
+    except Exception as error:
+        told = api_error(error)  # no Retry-After: the headers went out with the first event
+        if told is None:
+            raise
+        yield encode_event(error_body(told.message, told.type, told.param, told.code))
         yield DONE
     finally:
         await rest.aclose()

@@ -1,9 +1,19 @@
 """Speculative decoding is lossless: greedy answers are token-identical with and without it.
 
 One extra real server per method (default model, float32) answers the same 20 prompts
-(12 chat, 8 code completions) as the session server without speculation, one at a time
-so both see the same batch. The method must also have actually speculated: its draft
+(12 chat, 8 code completions) as a float32 server without speculation, one at a time
+so both see the same batch. float32 explicitly: on a CPU with native bf16, ``auto`` picks
+bf16, whose logits are so coarse (steps of 1/16 nats) that exact ties are common and
+either token of a tie is the target's greedy choice. The method must also have actually speculated: its draft
 and accepted-token counters on /metrics are non-zero.
+
+Verifying k drafts is one forward over k + 1 positions, whose float32 sums round
+differently from k + 1 one-token steps; where the target's two best tokens are within
+rounding of each other (a near-tie), either is the target's greedy choice. So answers
+must agree token for token, except that they may part at a near-tie — the reference's
+top two within ``TIE_NATS`` and the other answer taking the runner-up — after which the
+texts differ legitimately. A verifier that accepts a wrong draft parts at a clear margin
+and fails.
 """
 
 from __future__ import annotations
@@ -31,44 +41,80 @@ CODE_PROMPTS = (
     'def merge_sorted(a: list[int], b: list[int]) -> list[int]:\n    """Merge two sorted lists."""\n',
 )
 MAX_TOKENS = 40
+TIE_NATS = 0.02  # float32 rounding moves a logit by ~1e-5..1e-3 here; real preferences are far wider
 # draft:default drafts with the target itself: no speed-up, but the draft-model path runs in CI
 # without another download (Qwen2.5-Coder-0.5B drafting for the 1.5B is in benchmarks/).
 METHODS = ("ngram", "suffix", "mtp", "draft:default")
 
 
-def _answers(base_url: str, model: str, headers: dict[str, str]) -> list[list[str]]:
-    """Greedy answers as token strings (logprobs carry the tokens), one request at a time."""
+Answer = list[tuple[str, list[tuple[str, float]]]]  # per position: the token, and the top two with logprobs
+
+
+def _answers(base_url: str, model: str, headers: dict[str, str]) -> list[Answer]:
+    """Greedy answers with each position's top two (logprobs carry the tokens), one request at a time."""
     answers = []
     with httpx.Client(base_url=base_url, headers=headers, timeout=300) as http:
         for prompt in CHAT_PROMPTS[:12]:
             body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
-                    "max_tokens": MAX_TOKENS, "logprobs": True}
+                    "max_tokens": MAX_TOKENS, "logprobs": True, "top_logprobs": 2}
             response = http.post("/v1/chat/completions", json=body)
             response.raise_for_status()
-            answers.append([entry["token"] for entry in response.json()["choices"][0]["logprobs"]["content"]])
+            answers.append([
+                (entry["token"], [(top["token"], top["logprob"]) for top in entry["top_logprobs"]])
+                for entry in response.json()["choices"][0]["logprobs"]["content"]
+            ])
         for prompt in CODE_PROMPTS:
-            body = {"model": model, "prompt": prompt, "temperature": 0, "max_tokens": MAX_TOKENS, "logprobs": 0}
+            body = {"model": model, "prompt": prompt, "temperature": 0, "max_tokens": MAX_TOKENS, "logprobs": 2}
             response = http.post("/v1/completions", json=body)
             response.raise_for_status()
-            answers.append(response.json()["choices"][0]["logprobs"]["tokens"])
+            logprobs = response.json()["choices"][0]["logprobs"]
+            answers.append([(token, list(top.items())) for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"],
+                                                                               strict=True)])
     return answers
 
 
+def _tokens(answer: Answer) -> list[str]:
+    return [token for token, _ in answer]
+
+
+def _parting(got: Answer, want: Answer) -> str | None:
+    """None if ``got`` matches ``want``, or parts from it only at a near-tie; else what went wrong."""
+    for position, ((token, _), (wanted, top)) in enumerate(zip(got, want)):
+        if token == wanted:
+            continue
+        margin = top[0][1] - top[1][1] if len(top) > 1 else float("inf")
+        if len(top) > 1 and token == top[1][0] and margin <= TIE_NATS:
+            return None  # a near-tie: from here the continuations differ legitimately
+        return f"token {position}: {token!r} instead of {wanted!r} (reference top two {top}, margin {margin:.4f})"
+    if len(got) != len(want):
+        return f"lengths differ: {len(got)} vs {len(want)}"
+    return None
+
+
+def _start(flags: tuple[str, ...], prefix: str) -> tuple[str, object]:
+    port = free_port()
+    log_path = Path(tempfile.mkdtemp(prefix=prefix)) / "server.log"
+    command = serve_command(port, "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-gib", "1",
+                            *flags)
+    base_url = f"http://127.0.0.1:{port}"
+    return base_url, start_server(command, log_path, f"{base_url}/ready", timeout_s=600)
+
+
 @pytest.fixture(scope="module")
-def reference_answers(server: Server) -> list[list[str]]:
-    return _answers(server.base_url, server.model, server.headers)
+def reference_answers(server: Server) -> list[Answer]:
+    """Answers of a float32 server without speculation (stopped before the others start)."""
+    base_url, process = _start((), "leanserve-spec-ref-")
+    try:
+        return _answers(base_url, server.model, {})
+    finally:
+        stop_server(process)
 
 
 @pytest.fixture(scope="module", params=METHODS)
-def speculative_server(request) -> tuple[str, str, Path]:
-    port = free_port()
-    log_path = Path(tempfile.mkdtemp(prefix="leanserve-spec-")) / "server.log"
-    command = serve_command(port, "--speculative", request.param, "--max-model-len", str(MAX_MODEL_LEN),
-                            "--kv-cache-gib", "1")
-    base_url = f"http://127.0.0.1:{port}"
-    process = start_server(command, log_path, f"{base_url}/ready", timeout_s=600)
+def speculative_server(request, reference_answers) -> tuple[str, str]:
+    base_url, process = _start(("--speculative", request.param), "leanserve-spec-")
     try:
-        yield request.param, base_url, log_path
+        yield request.param, base_url
     finally:
         stop_server(process)
 
@@ -79,14 +125,17 @@ def _counter(metrics_text: str, name: str) -> float:
 
 
 def test_greedy_output_is_token_identical_with_speculation(
-    server: Server, reference_answers: list[list[str]], speculative_server: tuple[str, str, Path],
+    server: Server, reference_answers: list[Answer], speculative_server: tuple[str, str],
 ) -> None:
-    method, base_url, _ = speculative_server
+    method, base_url = speculative_server
     answers = _answers(base_url, server.model, {})
     assert len(answers) == len(reference_answers) == 20
-    for index, (got, want) in enumerate(zip(answers, reference_answers, strict=True)):
-        first_difference = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-        assert got == want, f"{method}: prompt {index} differs from token {first_difference}"
+    partings = {index: _parting(got, want) for index, (got, want) in enumerate(zip(answers, reference_answers,
+                                                                                   strict=True))}
+    wrong = {index: problem for index, problem in partings.items() if problem}
+    assert not wrong, f"{method}: {wrong}"
+    identical = sum(_tokens(got) == _tokens(want) for got, want in zip(answers, reference_answers, strict=True))
+    assert identical >= 17, f"{method}: only {identical} of 20 answers identical (near-ties are rare)"
     metrics = httpx.get(f"{base_url}/metrics", timeout=30).text
     assert _counter(metrics, "leanserve_spec_decode_draft_tokens") > 0, f"{method} never drafted"
     assert _counter(metrics, "leanserve_spec_decode_accepted_tokens") > 0, f"{method} never had a draft accepted"

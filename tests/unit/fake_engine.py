@@ -1,8 +1,10 @@
 """A scripted ``Engine`` for testing the gateway's HTTP mechanics without a model.
 
 It "tokenizes" into one token per character and generates the letters of
-``REPLY`` one per step. Only tests about mechanics use it (limits, deadlines,
-rate limiting, drain); what the model answers is tested against the real one.
+``REPLY`` one per step; a message whose content is ``BAD_TEMPLATE`` fails to
+render, as a chat template error would. Only tests about mechanics use it
+(limits, deadlines, rate limiting, drain); what the model answers is tested
+against the real one.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from engine.protocol import EngineDeadError, GenerationDelta, GenerationRequest, ModelInfo
+from engine.protocol import EngineDeadError, GenerationDelta, GenerationRequest, InvalidRequestError, ModelInfo, Prompt
 
 REPLY = "abcdefghijklmnopqrstuvwxyz"
+BAD_TEMPLATE = "{% bad"
 
 
 class FakeEngine:
@@ -29,8 +32,11 @@ class FakeEngine:
     async def tokenize(self, text: str) -> list[int]:
         return [ord(c) for c in text]
 
-    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        return await self.tokenize("".join(f"<{m['role']}>{m['content']}" for m in messages))
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> Prompt:
+        if any(m["content"] == BAD_TEMPLATE for m in messages):
+            raise InvalidRequestError("the chat template failed to render: unexpected end of template",
+                                      param="messages")
+        return Prompt(await self.tokenize("".join(f"<{m['role']}>{m['content']}" for m in messages)))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         count = request.sampling.max_tokens
@@ -48,9 +54,6 @@ class FakeEngine:
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request.request_id)
             raise
-
-    async def abort(self, request_id: str) -> None:
-        self.aborted.append(request_id)
 
     async def check_health(self) -> None:
         if self.dead:

@@ -103,15 +103,3 @@ def test_cli_flags_override_env(monkeypatch):
 def test_invalid_setting_is_refused():
     with pytest.raises(SystemExit):
         cli_main(["serve", "--port", "not-a-number"])
-
-
-def test_every_engine_setting_reaches_the_engine_config():
-    import dataclasses
-
-    from engine.vllm_engine import VllmEngineConfig
-
-    # speculative_config is built from --speculative / --num-speculative-tokens (service/cli.py).
-    derived = {"model", "served_model_name", "speculative_config"}
-    engine_fields = {f.name for f in dataclasses.fields(VllmEngineConfig)} - derived
-    assert engine_fields <= set(Settings.model_fields)
-    assert {"speculative", "num_speculative_tokens"} <= set(Settings.model_fields)

@@ -34,6 +34,10 @@ class SpeculationSpec:
     method: str
     model: str | None = None
 
+    def __str__(self) -> str:
+        """The flag's own form, so that a parsed value round-trips (``draft:MODEL``)."""
+        return f"{self.method}:{self.model}" if self.model else self.method
+
 
 def parse_speculative(text: str) -> SpeculationSpec:
     """``ngram`` | ``suffix`` | ``draft:MODEL`` | ``mtp`` | ``mtp:DIR``; raises ValueError."""

@@ -1,0 +1,50 @@
+"""Speculative decoding as a leanserve plugin: ``--speculative`` -> vLLM's ``speculative_config``.
+
+Lossless: vLLM's rejection sampler verifies every draft against the target. vLLM
+speculates for the whole batch, so there is no per-request option.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+from engine.plugin import EngineContext, Plugin, StepObserver
+from engine.plugins.speculative.config import SpeculationSpec, parse_speculative, vllm_speculative_config
+from engine.plugins.speculative.stats import METRICS, SpeculationObserver
+
+
+def _parse(value: object) -> object:
+    return parse_speculative(value) if isinstance(value, str) else value  # ValueError names the flag
+
+
+Speculation = Annotated[SpeculationSpec, BeforeValidator(_parse), PlainSerializer(str, return_type=str)]
+
+
+class SpeculativeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    speculative: Speculation | None = Field(None, description="ngram | suffix | draft:MODEL | mtp[:HEAD_DIR]")
+    num_speculative_tokens: int | None = Field(None, gt=0, le=16, description="draft length K (default per method)")
+
+
+class SpeculativePlugin(Plugin):
+    name = "speculative"
+    settings_model = SpeculativeSettings
+    metrics = METRICS
+
+    def enabled(self, settings: SpeculativeSettings) -> bool:
+        return settings.speculative is not None
+
+    def engine_args(self, settings: SpeculativeSettings, context: EngineContext) -> dict[str, Any]:
+        spec = settings.speculative
+        draft_path = context.resolve_model(spec.model) if spec.method == "draft" else None
+        config = vllm_speculative_config(spec, settings.num_speculative_tokens, context.served_model_name, draft_path)
+        return {"speculative_config": config}
+
+    def step_observer(self, settings: SpeculativeSettings, context: EngineContext) -> StepObserver:
+        return SpeculationObserver(settings.speculative.method)
+
+
+PLUGIN = SpeculativePlugin()

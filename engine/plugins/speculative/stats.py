@@ -1,0 +1,63 @@
+"""What speculative decoding reports: the series it declares and how vLLM's step stats feed them.
+
+vLLM sums spec-decode counts per scheduler step in ``SchedulerStats.spec_decoding_stats``
+(num_drafts, num_draft_tokens, num_accepted_tokens, num_accepted_tokens_per_pos); reading
+them there is the documented way, without scraping vLLM's own ``vllm:spec_decode_*`` series.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.protocol import MetricSpec, MetricUpdate
+
+DRAFTS = "leanserve_spec_decode_drafts"
+DRAFT_TOKENS = "leanserve_spec_decode_draft_tokens"
+ACCEPTED_TOKENS = "leanserve_spec_decode_accepted_tokens"
+ACCEPTED_BY_POSITION = "leanserve_spec_decode_accepted_tokens_by_position"
+ACCEPTANCE_RATE = "leanserve_spec_decode_acceptance_rate"
+MEAN_ACCEPTED_LENGTH = "leanserve_spec_decode_mean_accepted_length"
+
+METRICS = (
+    MetricSpec(DRAFTS, "counter", "Target steps of a request that verified draft tokens (speculative decoding).",
+               ("method",)),
+    MetricSpec(DRAFT_TOKENS, "counter", "Draft tokens proposed for verification.", ("method",)),
+    MetricSpec(ACCEPTED_TOKENS, "counter",
+               "Draft tokens the target accepted: each one is a target forward pass saved.", ("method",)),
+    MetricSpec(ACCEPTED_BY_POSITION, "counter", "Accepted draft tokens by position in the draft (0 = first).",
+               ("method", "position")),
+    MetricSpec(ACCEPTANCE_RATE, "gauge", "Accepted / proposed draft tokens since start (use the counters for windows).",
+               ("method",)),
+    MetricSpec(MEAN_ACCEPTED_LENGTH, "gauge",
+               "Tokens emitted per target step with drafts since start: 1 + accepted / drafts.", ("method",)),
+)
+
+
+class SpeculationObserver:
+    """Turns each engine step's spec-decode counts into metric updates; keeps the totals
+    the two since-start gauges need (one observer per engine)."""
+
+    def __init__(self, method: str) -> None:
+        self._method = (method,)
+        self._drafts = self._proposed = self._accepted = 0
+
+    def __call__(self, scheduler_stats: Any) -> list[MetricUpdate]:
+        stats = getattr(scheduler_stats, "spec_decoding_stats", None)
+        if stats is None or stats.num_drafts == 0:
+            return []
+        self._drafts += stats.num_drafts
+        self._proposed += stats.num_draft_tokens
+        self._accepted += stats.num_accepted_tokens
+        method = self._method
+        updates = [
+            MetricUpdate(DRAFTS, stats.num_drafts, method),
+            MetricUpdate(DRAFT_TOKENS, stats.num_draft_tokens, method),
+            MetricUpdate(ACCEPTED_TOKENS, stats.num_accepted_tokens, method),
+        ]
+        updates += [
+            MetricUpdate(ACCEPTED_BY_POSITION, accepted, (*method, str(position)))
+            for position, accepted in enumerate(stats.num_accepted_tokens_per_pos) if accepted
+        ]
+        updates.append(MetricUpdate(ACCEPTANCE_RATE, self._accepted / self._proposed if self._proposed else 0.0, method))
+        updates.append(MetricUpdate(MEAN_ACCEPTED_LENGTH, 1.0 + self._accepted / self._drafts, method))
+        return updates

@@ -1,0 +1,73 @@
+"""One explicit conversion each way between the seam's types and vLLM's.
+
+Kept apart from ``VllmEngine`` so that the engine class only orchestrates, and so that
+every vLLM field leanserve reads on the way in and out is in one short module
+(tests/unit/test_vllm_surface.py checks them against the pinned version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.inputs.engine import tokens_input
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.sampling_params import RequestOutputKind
+
+from engine.protocol import Prompt, SamplingOptions, TokenLogprob
+
+
+def to_sampling_params(options: SamplingOptions, extra_args: Mapping[str, Any] | None = None) -> SamplingParams:
+    """OpenAI's sampling fields -> vLLM's; ``extra_args`` carries plugins' per-request options."""
+    return SamplingParams(
+        n=options.n,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        seed=options.seed,
+        stop=list(options.stop),
+        presence_penalty=options.presence_penalty,
+        frequency_penalty=options.frequency_penalty,
+        max_tokens=options.max_tokens,
+        logprobs=options.logprobs,
+        ignore_eos=options.ignore_eos,
+        output_kind=RequestOutputKind.DELTA,
+        extra_args=dict(extra_args) if extra_args else None,
+    )
+
+
+def to_vllm_prompt(prompt: Prompt) -> Any:
+    """Token ids, with the multimodal items grouped by modality as vLLM's processors take them."""
+    if not prompt.multimodal:
+        return tokens_input(list(prompt.token_ids))
+    grouped: dict[str, list[Any]] = {}
+    for item in prompt.multimodal:
+        grouped.setdefault(item.modality, []).append(item.data)
+    return {"prompt_token_ids": list(prompt.token_ids), "multi_modal_data": grouped}
+
+
+def token_logprobs(output: CompletionOutput, num_top: int) -> list[TokenLogprob]:
+    """vLLM's per-position {token_id: Logprob} maps -> sampled token plus top-``num_top``."""
+    assert output.logprobs is not None
+    result = []
+    for token_id, position in zip(output.token_ids, output.logprobs, strict=True):
+        sampled = position[token_id]
+        ranked = sorted(
+            ((tid, entry) for tid, entry in position.items() if entry.rank is not None and entry.rank <= num_top),
+            key=lambda pair: pair[1].rank,
+        )
+        result.append(TokenLogprob(
+            token_id=token_id,
+            token=sampled.decoded_token or "",
+            logprob=sampled.logprob,
+            top=tuple(TokenLogprob(tid, entry.decoded_token or "", entry.logprob) for tid, entry in ranked[:num_top]),
+        ))
+    return result
+
+
+def engine_queue_time(output: RequestOutput) -> float | None:
+    """Seconds the request waited in vLLM's scheduler queue (None when vLLM did not time it)."""
+    stats = output.metrics
+    if stats is None or not stats.scheduled_ts or not stats.queued_ts:
+        return None
+    return max(0.0, stats.scheduled_ts - stats.queued_ts)

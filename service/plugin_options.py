@@ -1,0 +1,33 @@
+"""Per-request plugin options: validated once here, then passed to the engine untouched.
+
+A plugin that takes options declares a pydantic model for the request field named after
+it (``extra_body={"<plugin>": {...}}`` with the ``openai`` client); the engine lists them
+in ``ModelInfo.request_options``. The gateway knows no plugin: it only checks fields
+against the models it is given, and a bad value is a 400 naming the exact field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from engine.protocol import ModelInfo
+from service.errors import bad_request
+
+
+def plugin_options(body: BaseModel, info: ModelInfo) -> dict[str, Any]:
+    """The validated options of each plugin the request names (absent plugins are left out)."""
+    extras = body.model_extra or {}
+    options: dict[str, Any] = {}
+    for name, model in info.request_options.items():
+        if name not in extras:
+            continue
+        try:
+            options[name] = model.model_validate(extras[name])
+        except ValidationError as error:
+            first = error.errors()[0]
+            param = ".".join([name, *(str(part) for part in first.get("loc", ()))])
+            raise bad_request(f"{param}: {first.get('msg', 'invalid value')}", param=param,
+                              code="invalid_value") from error
+    return options
