@@ -37,6 +37,7 @@ class EnginePlan:
     plugins: tuple[ActivePlugin, ...]  # the active ones
     engine_args: dict[str, Any]
     metrics: tuple[MetricSpec, ...]  # of every loaded plugin, active or not: /metrics documents them all
+    disabled_options: tuple[str, ...] = ()  # request fields of loaded plugins these settings leave off
     builder: EngineBuilder | None = None
 
     @property
@@ -62,7 +63,9 @@ def plan_engine(settings: CoreSettings) -> EnginePlan:
     if len(builders) > 1:
         raise ValueError(f"plugins {', '.join(name for name, _ in builders)} each build the engine: enable one")
     metrics = tuple(spec for group in settings.plugin_groups() for spec in group.plugin.metrics)
-    return EnginePlan(context, active, engine_args, metrics, builders[0][1] if builders else None)
+    disabled = tuple(group.name for group in settings.plugin_groups()
+                     if group.plugin.request_options is not None and group not in active)
+    return EnginePlan(context, active, engine_args, metrics, disabled, builders[0][1] if builders else None)
 
 
 async def start_engine(plan: EnginePlan, on_stats: StatsSink) -> Engine:
@@ -72,7 +75,7 @@ async def start_engine(plan: EnginePlan, on_stats: StatsSink) -> Engine:
         return await plan.builder(plan, on_stats)
     from engine.vllm_engine import VllmEngine
 
-    return await VllmEngine.start(plan.engine_args, plan.context, plan.plugins, on_stats)
+    return await VllmEngine.start(plan, on_stats)
 
 
 def engine_starter(plan: EnginePlan, on_stats: StatsSink) -> partial:

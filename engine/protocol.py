@@ -40,11 +40,14 @@ class ModelInfo:
 
     ``request_options`` maps a request field (a plugin's name) to the pydantic model its
     value must satisfy; the gateway validates it and passes the result through untouched.
+    ``disabled_options`` are the fields of plugins this server runs without: a request that
+    sends one is refused rather than silently served without it.
     """
 
     name: str
     max_model_len: int
     request_options: Mapping[str, type] = field(default_factory=dict)
+    disabled_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

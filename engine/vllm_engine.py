@@ -12,13 +12,13 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 
-from engine.plugin import ActivePlugin, EngineContext, FinishedRequest
+from engine.plugin import ActivePlugin, FinishedRequest
 from engine.protocol import (
     EngineDeadError,
     GenerationDelta,
@@ -32,6 +32,9 @@ from engine.protocol import (
 from engine.vllm_args import async_engine_args
 from engine.vllm_convert import engine_queue_time, to_sampling_params, to_vllm_prompt, token_logprobs
 from engine.vllm_stats import plugin_stat_logger
+
+if TYPE_CHECKING:
+    from engine.factory import EnginePlan
 
 
 class VllmEngine:
@@ -47,21 +50,20 @@ class VllmEngine:
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
 
     @classmethod
-    async def start(cls, engine_args: Mapping[str, Any], context: EngineContext,
-                    plugins: Sequence[ActivePlugin] = (), on_stats: StatsSink | None = None) -> VllmEngine:
-        """Load the model; runs vLLM's blocking start-up off the event loop.
+    async def start(cls, plan: EnginePlan, on_stats: StatsSink | None = None) -> VllmEngine:
+        """Load the model the plan names, with its plugins; runs vLLM's blocking start-up off the event loop.
 
         ``on_stats`` receives the metric updates of plugins (per engine step and per request).
         """
-        args = async_engine_args(engine_args)
-        observers = [observer for item in plugins
-                     if (observer := item.plugin.step_observer(item.settings, context)) is not None]
+        args = async_engine_args(plan.engine_args)
+        observers = [observer for item in plan.plugins
+                     if (observer := item.plugin.step_observer(item.settings, plan.context)) is not None]
         loggers = [plugin_stat_logger(observers, on_stats)] if observers and on_stats else None
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers)
-        options = {item.name: item.plugin.request_options for item in plugins if item.plugin.request_options}
-        info = ModelInfo(name=context.served_model_name, max_model_len=llm.model_config.max_model_len,
-                         request_options=options)
-        return cls(llm, info, plugins, on_stats)
+        options = {item.name: item.plugin.request_options for item in plan.plugins if item.plugin.request_options}
+        info = ModelInfo(name=plan.served_model_name, max_model_len=llm.model_config.max_model_len,
+                         request_options=options, disabled_options=plan.disabled_options)
+        return cls(llm, info, plan.plugins, on_stats)
 
     def info(self) -> ModelInfo:
         return self._info

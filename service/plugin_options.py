@@ -19,6 +19,9 @@ from service.errors import bad_request
 def plugin_options(body: BaseModel, info: ModelInfo) -> dict[str, Any]:
     """The validated options of each plugin the request names (absent plugins are left out)."""
     extras = body.model_extra or {}
+    for name in info.disabled_options:
+        if name in extras:
+            raise bad_request(f"`{name}` is not enabled on this server", param=name, code="plugin_disabled")
     options: dict[str, Any] = {}
     for name, model in info.request_options.items():
         if name not in extras:

@@ -85,7 +85,7 @@ def test_hand_over_reaches_a_fresh_process(monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(out.stdout) == {
         "speculative": {"speculative": "suffix", "num_speculative_tokens": None},
-        "tally": {"tally_weight": 2.0, "tally_marker_dir": None},
+        "tally": {"tally": True, "tally_weight": 2.0, "tally_marker_dir": None},
     }
     assert [g.name for g in handed_over()] == ["speculative", "tally"]
 
@@ -133,6 +133,37 @@ def test_gateway_validates_options_once_and_sums_usage_without_knowing_the_plugi
     assert "tally" not in plain.json()["usage"]
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tally.label"
     assert engine.seen_options[0] == {"tally": TallyOptions(label="x")} and engine.seen_options[2] == {}
+
+
+def test_a_disabled_plugins_field_is_refused_not_ignored():
+    engine = FakeEngine()
+    engine._info = type(engine._info)(name="fake", max_model_len=4096, disabled_options=("tally",))
+
+    async def scenario():
+        app = create_app(Settings(), "fake", lambda: asyncio.sleep(0, engine))
+        async with app.router.lifespan_context(app):
+            while not app.state.server.ready:
+                await asyncio.sleep(0.01)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.post("/v1/chat/completions", json={
+                    "model": "fake", "messages": [{"role": "user", "content": "hi"}], "tally": {"label": "x"}})
+
+    refused = asyncio.run(scenario())
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "tally" and refused.json()["error"]["code"] == "plugin_disabled"
+
+
+def test_the_plan_lists_what_each_plugin_brings():
+    from engine.factory import plan_engine
+
+    cls = settings_class((TALLY,))
+    plan = plan_engine(cls(speculative="ngram", num_speculative_tokens=3, tally=False))
+    assert plan.engine_args["speculative_config"]["num_speculative_tokens"] == 3
+    assert [item.name for item in plan.plugins] == ["speculative"]
+    assert plan.disabled_options == ("tally",)
+    assert {spec.name for spec in plan.metrics} >= {"leanserve_spec_decode_drafts", "leanserve_tally_weighted_tokens"}
+    assert plan.engine_args["served_model_name"] == [plan.served_model_name]
 
 
 def test_speculation_observer_reports_counts_and_since_start_gauges():

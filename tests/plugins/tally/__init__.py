@@ -1,7 +1,7 @@
 """``tally``: the smallest plugin that uses every part of the contract a user can see.
 
 It is loaded like an out-of-tree plugin (``--plugins tests.plugins.tally``) and adds:
-a flag (``--tally-weight``, also ``LEANSERVE_TALLY_WEIGHT``); a per-request option
+a switch (``--tally/--no-tally``), a flag (``--tally-weight``, also ``LEANSERVE_TALLY_WEIGHT``); a per-request option
 (``"tally": {"label": ...}`` in the body, ``extra_body`` with the ``openai`` client);
 a ``usage.tally`` figure (the request's generated tokens, and those times the weight);
 a metric (``leanserve_tally_weighted_tokens_total{label}``); and registration inside
@@ -25,6 +25,7 @@ WEIGHTED_TOKENS = "leanserve_tally_weighted_tokens"
 class TallySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    tally: bool = Field(True, description="tally: the switch")
     tally_weight: float = Field(1.0, gt=0, description="tally: weight of each generated token")
     tally_marker_dir: Path | None = Field(None, description="tally: where each vLLM process that registered it "
                                                             "writes a file named after its pid")
@@ -42,6 +43,9 @@ class TallyPlugin(Plugin):
     request_options = TallyOptions
     metrics = (MetricSpec(WEIGHTED_TOKENS, "counter", "Generated tokens times --tally-weight (test plugin).",
                           ("label",)),)
+
+    def enabled(self, settings: TallySettings) -> bool:
+        return settings.tally
 
     def register_in_vllm(self, settings: TallySettings) -> None:
         if settings.tally_marker_dir is not None:
