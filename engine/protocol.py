@@ -126,6 +126,7 @@ class GenerationDelta:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
     queue_time_s: float | None = None
+    cached_tokens: int | None = None  # first delta: prompt tokens served from the prefix cache
     usage: Mapping[str, Mapping[str, float]] | None = None
 
 

@@ -72,6 +72,11 @@ def merge_engine_args(
         if name in owner:
             raise ValueError(f"--engine-arg {name}: already set by {owner[name]}")
         merged[name] = value
+        owner[name] = "--engine-arg"
+    if merged.get("logits_processors") and merged.get("speculative_config"):
+        # vLLM 0.32 refuses this pair at engine start (v1/sample/logits_processor/__init__.py); say it now.
+        raise ValueError(f"vLLM runs no custom logits processors (from {owner['logits_processors']}) with "
+                         f"speculative decoding (from {owner['speculative_config']}): choose one")
     return merged
 
 

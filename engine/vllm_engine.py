@@ -92,6 +92,7 @@ class VllmEngine:
             params = to_sampling_params(request.sampling, self._sampling_extra_args(request))
             async for output in self._llm.generate(to_vllm_prompt(request.prompt), params, request.request_id):
                 queue_time = engine_queue_time(output) if first else None
+                cached = output.num_cached_tokens if first else None
                 first = False
                 for choice in output.outputs:
                     output_tokens[choice.index] += len(choice.token_ids)
@@ -106,6 +107,7 @@ class VllmEngine:
                         finish_reason=choice.finish_reason,
                         logprobs=token_logprobs(choice, num_top) if num_top is not None else None,
                         queue_time_s=queue_time,
+                        cached_tokens=cached,
                         usage=usage if position == len(output.outputs) - 1 else None,
                     )
         except VllmEngineDeadError as error:

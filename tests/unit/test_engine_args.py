@@ -61,6 +61,9 @@ def test_merge_keeps_one_way_per_argument():
         merge_engine_args(core, [("speculative", {"speculative_config": {}})], {"speculative_config": {}})
     with pytest.raises(ValueError, match="plugin b sets engine argument 'x', already set by the a plugin"):
         merge_engine_args(core, [("a", {"x": 1}), ("b", {"x": 2})], {})
+    with pytest.raises(ValueError, match="from the adaptive plugin.*speculative decoding .from the speculative"):
+        merge_engine_args(core, [("speculative", {"speculative_config": {"method": "ngram"}}),
+                                 ("adaptive", {"logits_processors": ["x:Y"]})], {})
 
 
 def test_async_engine_args_accepts_every_vllm_argument_and_names_unknown_ones():

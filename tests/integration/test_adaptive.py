@@ -1,0 +1,131 @@
+"""Entropy-adaptive switching on a real server whose small and large model are the same weights.
+
+With one model on both sides every hand-over must be invisible: greedy text is identical
+whatever the threshold (no token lost, repeated or reordered at a switch, none leaked from
+the outgoing model), streamed or not, and equals the model alone at both extremes
+(threshold 0: the large engine writes everything; switching off: the small one). float32,
+so that a prefill of the catch-up and a decode step round alike. Quality with two different
+models is measured in benchmarks/, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks.local_server import free_port, start_server, stop_server
+
+from .conftest import MAX_MODEL_LEN, Server, sample, scrape, serve_command
+
+PROMPT = "Write a short poem about the sea."
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def adaptive_server(server: Server) -> Server:
+    port = free_port()
+    log_path = Path(tempfile.mkdtemp(prefix="leanserve-adaptive-")) / "server.log"
+    command = serve_command(port, "--adaptive-small", "default", "--dtype", "float32", "--max-model-len",
+                            str(MAX_MODEL_LEN), "--kv-cache-gib", "1")
+    base_url = f"http://127.0.0.1:{port}"
+    process = start_server(command, log_path, f"{base_url}/ready", timeout_s=600)
+    try:
+        yield Server(base_url, server.model, server.model_dir, process, log_path)
+    finally:
+        stop_server(process)
+
+
+def _chat(server: Server, adaptive: dict | None, stream: bool = False) -> tuple[str, dict]:
+    body = {"model": server.model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS,
+            "temperature": 0}
+    if adaptive is not None:
+        body["adaptive"] = adaptive
+    if not stream:
+        reply = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=300)
+        reply.raise_for_status()
+        return reply.json()["choices"][0]["message"]["content"], reply.json()["usage"]
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    text, usage = "", {}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=300) as reply:
+        for line in reply.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line.removeprefix("data: "))
+                usage = chunk.get("usage") or usage
+                text += "".join(choice["delta"].get("content") or "" for choice in chunk["choices"])
+    return text, usage
+
+
+def test_extremes_are_one_model_each(adaptive_server):
+    small_text, small = _chat(adaptive_server, {"enabled": False})
+    large_text, large = _chat(adaptive_server, {"threshold": 0})
+    assert small["adaptive"] == {"small_tokens": small["completion_tokens"], "large_tokens": 0, "switches": 0,
+                                 "catchup_tokens": 0}
+    assert large["adaptive"] == {"small_tokens": 0, "large_tokens": large["completion_tokens"], "switches": 0,
+                                 "catchup_tokens": 0}
+    assert small_text == large_text  # the same weights
+
+
+@pytest.mark.parametrize("threshold", [1.5, 2.5, 3.5])
+def test_hand_overs_are_seamless(adaptive_server, threshold):
+    reference, _ = _chat(adaptive_server, {"enabled": False})
+    text, usage = _chat(adaptive_server, {"threshold": threshold})
+    streamed, streamed_usage = _chat(adaptive_server, {"threshold": threshold}, stream=True)
+    figures = usage["adaptive"]
+    assert text == reference and streamed == reference
+    assert streamed_usage["adaptive"] == figures
+    assert figures["small_tokens"] + figures["large_tokens"] == usage["completion_tokens"]
+    assert figures["switches"] > 0, figures
+    # Prefix caching keeps the catch-up far below re-reading the whole context at every hand-over.
+    context = usage["prompt_tokens"] + usage["completion_tokens"]
+    assert 0 < figures["catchup_tokens"] < 0.5 * figures["switches"] * context, figures
+
+
+def test_metrics_count_each_writer(adaptive_server):
+    before = scrape(adaptive_server)
+    _, usage = _chat(adaptive_server, {"threshold": 2.5})
+    after = scrape(adaptive_server)
+    model = adaptive_server.model
+    for writer in ("small", "large"):
+        moved = (sample(after, "leanserve_adaptive_tokens_total", model=model, writer=writer)
+                 - sample(before, "leanserve_adaptive_tokens_total", model=model, writer=writer))
+        assert moved == usage["adaptive"][f"{writer}_tokens"]
+    assert (sample(after, "leanserve_adaptive_switches_total", model=model)
+            - sample(before, "leanserve_adaptive_switches_total", model=model)) == usage["adaptive"]["switches"]
+    assert 0 < sample(after, "leanserve_adaptive_large_token_fraction", model=model) < 1
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"adaptive": {"threshold": -1}}, "adaptive.threshold"),
+    ({"adaptive": {"threshold": 1, "window": 3}}, "adaptive.window"),
+    ({"n": 2, "temperature": 1}, "n"),
+])
+def test_refusals_name_the_field(adaptive_server, body, param):
+    request = {"model": adaptive_server.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+               **body}
+    reply = httpx.post(f"{adaptive_server.base_url}/v1/chat/completions", json=request, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
+
+
+def test_the_session_server_refuses_the_field_it_was_not_started_with(server):
+    request = {"model": server.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+               "adaptive": {"threshold": 1}}
+    reply = httpx.post(f"{server.base_url}/v1/chat/completions", json=request, headers=server.headers, timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "plugin_disabled"
+
+
+def test_the_tap_reports_the_exact_entropy_of_every_token(tmp_path):
+    """The tap's entropy against the full distribution vLLM returns (logprobs=-1), token by token."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "entropy.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.adaptive_entropy", "--prompts", "3", "--max-tokens", "12",
+                    "--out", str(out)], check=True, capture_output=True, timeout=600)
+    report = json.loads(out.read_text())
+    assert report["tokens"] >= 3 and report["missing"] == 0, report
+    assert report["max_abs_error_nats"] < 1e-4, report
