@@ -111,24 +111,28 @@ class _PluginEngine(FakeEngine):
             yield delta
 
 
-def test_gateway_validates_options_once_and_sums_usage_without_knowing_the_plugin():
-    engine = _PluginEngine()
+def _post_all(engine: FakeEngine, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
+    """Each (path, body) in turn through the real app around ``engine``."""
 
-    async def scenario():
+    async def scenario() -> list[httpx.Response]:
         app = create_app(Settings(), "fake", lambda: asyncio.sleep(0, engine))
         async with app.router.lifespan_context(app):
             while not app.state.server.ready:
                 await asyncio.sleep(0.01)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                two = await client.post("/v1/completions", json={
-                    "model": "fake", "prompt": ["ab", "cd"], "max_tokens": 2, "tally": {"label": "x"}})
-                plain = await client.post("/v1/completions", json={"model": "fake", "prompt": "ab", "max_tokens": 2})
-                bad = await client.post("/v1/completions", json={
-                    "model": "fake", "prompt": "ab", "max_tokens": 2, "tally": {"label": 7}})
-                return two, plain, bad
+                return [await client.post(path, json=body) for path, body in requests]
 
-    two, plain, bad = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_gateway_validates_options_once_and_sums_usage_without_knowing_the_plugin():
+    engine = _PluginEngine()
+    two, plain, bad = _post_all(engine, [
+        ("/v1/completions", {"model": "fake", "prompt": ["ab", "cd"], "max_tokens": 2, "tally": {"label": "x"}}),
+        ("/v1/completions", {"model": "fake", "prompt": "ab", "max_tokens": 2}),
+        ("/v1/completions", {"model": "fake", "prompt": "ab", "max_tokens": 2, "tally": {"label": 7}}),
+    ])
     assert two.status_code == 200 and two.json()["usage"]["tally"] == {"tokens": 3.0}  # 2 prompts x 1.5
     assert "tally" not in plain.json()["usage"]
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tally.label"
@@ -138,18 +142,8 @@ def test_gateway_validates_options_once_and_sums_usage_without_knowing_the_plugi
 def test_a_disabled_plugins_field_is_refused_not_ignored():
     engine = FakeEngine()
     engine._info = type(engine._info)(name="fake", max_model_len=4096, disabled_options=("tally",))
-
-    async def scenario():
-        app = create_app(Settings(), "fake", lambda: asyncio.sleep(0, engine))
-        async with app.router.lifespan_context(app):
-            while not app.state.server.ready:
-                await asyncio.sleep(0.01)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                return await client.post("/v1/chat/completions", json={
-                    "model": "fake", "messages": [{"role": "user", "content": "hi"}], "tally": {"label": "x"}})
-
-    refused = asyncio.run(scenario())
+    (refused,) = _post_all(engine, [("/v1/chat/completions", {
+        "model": "fake", "messages": [{"role": "user", "content": "hi"}], "tally": {"label": "x"}})])
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "tally" and refused.json()["error"]["code"] == "plugin_disabled"
 
