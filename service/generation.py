@@ -128,41 +128,6 @@ def _record_tokens(
     last_token_at[delta.index] = now
 
 
-async def merge_streams(streams: list[AsyncIterator[GenerationDelta]]) -> AsyncIterator[tuple[int, GenerationDelta]]:
-    """Interleave several prompts' streams as (prompt index, delta), as they arrive."""
-    if len(streams) == 1:
-        async with aclosing(streams[0]) as only:
-            async for delta in only:
-                yield 0, delta
-        return
-    queue: asyncio.Queue[tuple[int, GenerationDelta | None | BaseException]] = asyncio.Queue()
-
-    async def pump(index: int, stream: AsyncIterator[GenerationDelta]) -> None:
-        try:
-            async with aclosing(stream) as owned:
-                async for delta in owned:
-                    await queue.put((index, delta))
-            await queue.put((index, None))
-        except Exception as error:  # surfaced to the consumer below
-            await queue.put((index, error))
-
-    tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            index, item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def validate_model(requested: str, served: str) -> None:
     if requested != served:
         raise bad_request(f"The model `{requested}` does not exist; this server serves `{served}`.",

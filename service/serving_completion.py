@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.protocol import GenerationDelta, GenerationRequest, Prompt, TokenLogprob
+from engine.streams import merge_streams
 from service.choices import ChoiceAccumulator, UsageTally
 from service.errors import bad_request
-from service.generation import GenerationContext, RequestScope, merge_streams, resolve_max_tokens, tracked_generation
+from service.generation import GenerationContext, RequestScope, resolve_max_tokens, tracked_generation
 from service.plugin_options import plugin_options
 from service.protocol import CompletionRequest
 from service.sse import DONE, encode_event, primed_event_stream

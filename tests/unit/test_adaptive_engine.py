@@ -18,7 +18,7 @@ import pytest
 from engine.catalogue import resolve_model
 from engine.plugins.adaptive.engine import AdaptiveEngine, check_same_tokenizer
 from engine.plugins.adaptive.plugin import AdaptiveOptions, AdaptiveSettings
-from engine.protocol import GenerationDelta, GenerationRequest, ModelInfo, Prompt, SamplingOptions
+from engine.protocol import GenerationDelta, GenerationRequest, InvalidRequestError, ModelInfo, Prompt, SamplingOptions
 from service.settings import Settings
 
 PROMPT = [100, 101, 102]
@@ -118,3 +118,23 @@ def test_models_with_different_vocabularies_are_refused(tmp_path):
     (other / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="another tokenizer"):
         check_same_tokenizer(model, str(other))
+
+
+def test_each_choice_switches_on_its_own():
+    channel = ScriptedChannel({"s": {2}, "L": set()})
+    settings = AdaptiveSettings(adaptive_small="x", adaptive_threshold=1.0, adaptive_window=1, adaptive_min_dwell=2)
+    engine = AdaptiveEngine(ScriptedEngine("s", channel), ScriptedEngine("L", channel), channel, settings)
+    request = GenerationRequest("r", Prompt(PROMPT), SamplingOptions(max_tokens=6, n=3, seed=5))
+
+    async def collect():
+        return [delta async for delta in engine.generate(request)]
+
+    deltas = asyncio.run(collect())
+    for index in range(3):
+        own = [d for d in deltas if d.index == index]
+        assert "".join(d.text for d in own) == "ssLLss"
+        assert [t for d in own for t in d.token_ids] == list(range(6))
+        assert own[-1].usage["adaptive"]["switches"] == 2
+    greedy = GenerationRequest("g", Prompt(PROMPT), SamplingOptions(max_tokens=6, n=2, temperature=0))
+    with pytest.raises(InvalidRequestError, match="greedy"):
+        asyncio.run(anext(engine.generate(greedy)))

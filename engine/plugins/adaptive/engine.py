@@ -13,7 +13,7 @@ continues from the exact token ids produced so far (never re-tokenized text); wh
 it must prefill beyond its prefix cache is the catch-up, reported in ``usage`` and
 metrics.
 
-Not yet: ``n`` > 1 (refused with a 400 naming ``n``); a stop string that straddles a
+Each of ``n`` choices switches on its own. Not yet: a stop string that straddles a
 hand-over is not seen (each engine request checks its own text).
 """
 
@@ -38,6 +38,7 @@ from engine.protocol import (
     Prompt,
     StatsSink,
 )
+from engine.streams import merge_streams
 
 if TYPE_CHECKING:
     from engine.factory import EnginePlan
@@ -85,10 +86,20 @@ class AdaptiveEngine:
         return await self._engines["large"].render_chat(messages, add_generation_prompt)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        if request.sampling.n != 1:  # next step: one switching sequence per choice, merged
-            raise InvalidRequestError("n > 1 is not supported with adaptive switching yet", param="n")
-        async for delta in self._sequence(request):
-            yield delta
+        """Each of the ``n`` choices is its own switching sequence (seed + i when seeded), merged as they come."""
+        sampling = request.sampling
+        if sampling.n > 1 and sampling.temperature == 0:
+            raise InvalidRequestError(f"n must be 1 when using greedy sampling, got {sampling.n}.", param="n")
+        choices = [
+            self._sequence(dataclasses.replace(
+                request, request_id=f"{request.request_id}-c{i}",
+                sampling=dataclasses.replace(sampling, n=1, seed=None if sampling.seed is None else sampling.seed + i),
+            ), index=i)
+            for i in range(sampling.n)
+        ]
+        async with aclosing(merge_streams(choices)) as merged:
+            async for _, delta in merged:
+                yield delta
 
     def _policy(self, options: AdaptiveOptions | None) -> SwitchPolicy | None:
         if options is not None and not options.enabled:
@@ -99,7 +110,7 @@ class AdaptiveEngine:
         return POLICIES[self._settings.adaptive_policy](
             threshold=threshold, window=self._settings.adaptive_window, min_dwell=self._settings.adaptive_min_dwell)
 
-    async def _sequence(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+    async def _sequence(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationDelta]:
         policy = self._policy(request.options.get("adaptive"))
         active: Model = policy.active if policy is not None else "small"
         produced: list[int] = []
@@ -125,7 +136,7 @@ class AdaptiveEngine:
                         produced.extend(delta.token_ids)
                         tally.count(active, len(delta.token_ids))
                         finished = delta.finish_reason is not None
-                        yield self._outgoing(delta, part, tally if finished else None)
+                        yield self._outgoing(delta, index, part, tally if finished else None)
                         if finished:
                             self._report(tally)
                             return
@@ -147,11 +158,11 @@ class AdaptiveEngine:
                 wanted = policy.observe(entropy)
         return wanted
 
-    def _outgoing(self, delta: GenerationDelta, part: int, tally: _Tally | None) -> GenerationDelta:
+    def _outgoing(self, delta: GenerationDelta, index: int, part: int, tally: _Tally | None) -> GenerationDelta:
         usage = None
         if tally is not None:
             usage = {**(delta.usage or {}), "adaptive": tally.as_usage()}
-        return dataclasses.replace(delta, index=0, queue_time_s=delta.queue_time_s if part == 0 else None,
+        return dataclasses.replace(delta, index=index, queue_time_s=delta.queue_time_s if part == 0 else None,
                                    cached_tokens=None, usage=usage)
 
     def _report(self, tally: _Tally) -> None:
