@@ -139,3 +139,14 @@ def test_the_tap_reports_the_exact_entropy_of_every_token(tmp_path):
     report = json.loads(out.read_text())
     assert report["tokens"] >= 3 and report["missing"] == 0, report
     assert report["max_abs_error_nats"] < 1e-4, report
+
+
+@pytest.mark.parametrize("cut", [15, 40, 70])
+def test_stop_strings_hold_across_hand_overs(adaptive_server, cut):
+    reference, _ = _chat(adaptive_server, {"enabled": False})
+    stop = reference[cut:cut + 4]
+    body = {"model": adaptive_server.model, "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": MAX_TOKENS, "temperature": 0, "stop": [stop], "adaptive": {"threshold": 2.5}}
+    reply = httpx.post(f"{adaptive_server.base_url}/v1/chat/completions", json=body, timeout=300).json()
+    assert reply["choices"][0]["message"]["content"] == reference[: reference.index(stop)]
+    assert reply["choices"][0]["finish_reason"] == "stop"

@@ -18,6 +18,7 @@ import pytest
 from engine.catalogue import resolve_model
 from engine.plugins.adaptive.engine import AdaptiveEngine, check_same_tokenizer
 from engine.plugins.adaptive.plugin import AdaptiveOptions, AdaptiveSettings
+from engine.plugins.adaptive.stops import StopWatcher
 from engine.protocol import GenerationDelta, GenerationRequest, InvalidRequestError, ModelInfo, Prompt, SamplingOptions
 from service.settings import Settings
 
@@ -67,12 +68,12 @@ class ScriptedChannel:
         return 5.0 if offset + position in self.high[letter] else 0.1
 
 
-def _run(high_small: set[int], high_large: set[int], max_tokens: int = 12, options=None):
+def _run(high_small: set[int], high_large: set[int], max_tokens: int = 12, options=None, stop=()):
     channel = ScriptedChannel({"s": high_small, "L": high_large})
     small, large = ScriptedEngine("s", channel), ScriptedEngine("L", channel)
     settings = AdaptiveSettings(adaptive_small="x", adaptive_threshold=1.0, adaptive_window=1, adaptive_min_dwell=2)
     engine = AdaptiveEngine(small, large, channel, settings)
-    request = GenerationRequest("r", Prompt(PROMPT), SamplingOptions(max_tokens=max_tokens),
+    request = GenerationRequest("r", Prompt(PROMPT), SamplingOptions(max_tokens=max_tokens, stop=stop),
                                 {"adaptive": options} if options else {})
 
     async def collect():
@@ -138,3 +139,20 @@ def test_each_choice_switches_on_its_own():
     greedy = GenerationRequest("g", Prompt(PROMPT), SamplingOptions(max_tokens=6, n=2, temperature=0))
     with pytest.raises(InvalidRequestError, match="greedy"):
         asyncio.run(anext(engine.generate(greedy)))
+
+
+def test_a_stop_string_across_a_hand_over_ends_the_answer():
+    text, ids, usage = _run(high_small={3}, high_large=set(), options=None, stop=("sL",))
+    assert text == "ss"  # "sss" + "L": the stop string straddles the hand-over; cut before it
+    assert usage["switches"] == 1
+
+
+def test_stop_watcher_holds_back_only_what_may_begin_a_stop():
+    watcher = StopWatcher(["END", "xy"])
+    assert watcher.feed("abcE") == ("abc", False)
+    assert watcher.feed("N") == ("", False)
+    assert watcher.feed("q") == ("ENq", False)
+    assert watcher.feed("x") == ("", False)
+    assert watcher.feed("y tail") == ("", True)
+    other = StopWatcher(["END"])
+    assert other.feed("the EN") == ("the ", False) and other.flush() == "EN"

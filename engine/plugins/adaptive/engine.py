@@ -13,8 +13,8 @@ continues from the exact token ids produced so far (never re-tokenized text); wh
 it must prefill beyond its prefix cache is the catch-up, reported in ``usage`` and
 metrics.
 
-Each of ``n`` choices switches on its own. Not yet: a stop string that straddles a
-hand-over is not seen (each engine request checks its own text).
+Each of ``n`` choices switches on its own; stop strings are watched over the joined
+answer (stops.py), so one that straddles a hand-over still ends it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from engine.plugins.adaptive.channel import EntropyChannel
 from engine.plugins.adaptive.plugin import AdaptiveOptions, AdaptiveSettings, TapOptions
 from engine.plugins.adaptive.policy import POLICIES, Model, SwitchPolicy
 from engine.plugins.adaptive.stats import CATCHUP_TOKENS, LARGE_FRACTION, SWITCHES, TOKENS
+from engine.plugins.adaptive.stops import StopWatcher
 from engine.protocol import (
     Engine,
     GenerationDelta,
@@ -115,12 +116,14 @@ class AdaptiveEngine:
         active: Model = policy.active if policy is not None else "small"
         produced: list[int] = []
         tally = _Tally()
+        stops = StopWatcher(request.sampling.stop)
         for part in range(request.sampling.max_tokens + 1):  # each part writes >= 1 token, or hands over once
             tag = self._channel.open()
             inner = GenerationRequest(
                 request_id=f"{request.request_id}-{part}",
                 prompt=Prompt([*request.prompt.token_ids, *produced], request.prompt.multimodal),
-                sampling=dataclasses.replace(request.sampling, max_tokens=request.sampling.max_tokens - len(produced)),
+                sampling=dataclasses.replace(request.sampling, max_tokens=request.sampling.max_tokens - len(produced),
+                                             stop=()),  # watched across hand-overs (stops.py)
                 options={**request.options, "adaptive": TapOptions(tap=tag)},
             )
             position = 0  # output positions of this engine request, as the tap counts them
@@ -135,7 +138,12 @@ class AdaptiveEngine:
                             break  # the small model was unsure of this token: the large model rewrites it
                         produced.extend(delta.token_ids)
                         tally.count(active, len(delta.token_ids))
-                        finished = delta.finish_reason is not None
+                        text, stopped = stops.feed(delta.text)
+                        finished = stopped or delta.finish_reason is not None
+                        if finished and not stopped:
+                            text += stops.flush()
+                        delta = dataclasses.replace(delta, text=text,
+                                                    finish_reason="stop" if stopped else delta.finish_reason)
                         yield self._outgoing(delta, index, part, tally if finished else None)
                         if finished:
                             self._report(tally)
