@@ -117,7 +117,9 @@ class AdaptiveEngine:
         produced: list[int] = []
         tally = _Tally()
         stops = StopWatcher(request.sampling.stop)
-        for part in range(request.sampling.max_tokens + 1):  # each part writes >= 1 token, or hands over once
+        # A part hands over without writing only small -> large, and the large model writes before it hands
+        # back: two parts write at least one token, so this bound is never what ends the answer.
+        for part in range(2 * request.sampling.max_tokens + 2):
             tag = self._channel.open()
             inner = GenerationRequest(
                 request_id=f"{request.request_id}-{part}",
