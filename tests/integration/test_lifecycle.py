@@ -34,21 +34,30 @@ def _model(base_url: str) -> str:
     return httpx.get(f"{base_url}/v1/models").json()["data"][0]["id"]
 
 
-async def _stream(client: httpx.AsyncClient, body: dict) -> list[str]:
+async def _stream(client: httpx.AsyncClient, body: dict, started: asyncio.Event | None = None) -> list[str]:
+    events = []
     async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as response:
         assert response.status_code == 200
-        return [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line)
+                if started is not None:
+                    started.set()
+    return events
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero():
     process, base_url, log_path = _start()
     try:
-        body = {"model": _model(base_url), "prompt": "Once upon a time", "max_tokens": 60, "ignore_eos": True}
+        # Long enough to be still generating after the signal on a fast CPU, short enough to finish
+        # within the drain deadline on a slow one (3 streams, ~15 tok/s each on 2 AVX2 cores).
+        body = {"model": _model(base_url), "prompt": "Once upon a time", "max_tokens": 160, "ignore_eos": True}
 
         async def scenario():
             async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
-                in_flight = [asyncio.create_task(_stream(client, body)) for _ in range(3)]
-                await asyncio.sleep(1.5)  # requests are generating
+                started = [asyncio.Event() for _ in range(3)]
+                in_flight = [asyncio.create_task(_stream(client, body, event)) for event in started]
+                await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), 120)  # generating
                 process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.5)
                 ready = await client.get("/ready")
