@@ -83,7 +83,6 @@ class EntropyChannel:
         if self._loop is not None:
             self._loop.remove_reader(self._socket.fileno())
         self._socket.close()
-        for name in (self.path,):
-            if os.path.exists(name):
-                os.unlink(name)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
         os.rmdir(self._dir)
