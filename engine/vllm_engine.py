@@ -31,7 +31,7 @@ from engine.protocol import (
 )
 from engine.vllm_args import async_engine_args
 from engine.vllm_convert import engine_queue_time, to_sampling_params, to_vllm_prompt, token_logprobs
-from engine.vllm_stats import plugin_stat_logger
+from engine.vllm_stats import NoVllmPrometheus, plugin_stat_logger
 
 if TYPE_CHECKING:
     from engine.factory import EnginePlan
@@ -50,16 +50,21 @@ class VllmEngine:
         self._tokenizer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
 
     @classmethod
-    async def start(cls, plan: EnginePlan, on_stats: StatsSink | None = None) -> VllmEngine:
+    async def start(cls, plan: EnginePlan, on_stats: StatsSink | None = None,
+                    export_vllm_metrics: bool = True) -> VllmEngine:
         """Load the model the plan names, with its plugins; runs vLLM's blocking start-up off the event loop.
 
         ``on_stats`` receives the metric updates of plugins (per engine step and per request).
+        ``export_vllm_metrics=False`` for a second engine in the process: the ``vllm:*`` series
+        stay the first engine's (vllm_stats.NoVllmPrometheus says why).
         """
         args = async_engine_args(plan.engine_args)
         observers = [observer for item in plan.plugins
                      if (observer := item.plugin.step_observer(item.settings, plan.context)) is not None]
-        loggers = [plugin_stat_logger(observers, on_stats)] if observers and on_stats else None
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers)
+        loggers: list[type] = [plugin_stat_logger(observers, on_stats)] if observers and on_stats else []
+        if not export_vllm_metrics:
+            loggers.append(NoVllmPrometheus)
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers or None)
         options = {item.name: item.plugin.request_options for item in plan.plugins if item.plugin.request_options}
         info = ModelInfo(name=plan.served_model_name, max_model_len=llm.model_config.max_model_len,
                          request_options=options, disabled_options=plan.disabled_options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -108,7 +109,31 @@ def test_metrics_count_each_writer(adaptive_server):
     assert 0 < sample(after, "leanserve_adaptive_large_token_fraction", model=model) < 1
 
 
+def _vllm_generation_tokens(server: Server) -> float:
+    return sum(value for (name, _), value in scrape(server).items() if name == "vllm:generation_tokens_total")
+
+
+def test_vllm_series_describe_the_served_large_model(adaptive_server):
+    # vLLM's own logger would let the engine created last (the small one) take every vllm:* series over.
+    before = _vllm_generation_tokens(adaptive_server)
+    _, small = _chat(adaptive_server, {"enabled": False})
+    assert small["completion_tokens"] > 0
+    assert _vllm_generation_tokens(adaptive_server) == before
+    _, large = _chat(adaptive_server, {"threshold": 0})
+    deadline = time.monotonic() + 10  # vLLM records a step's stats just after its output
+    while _vllm_generation_tokens(adaptive_server) - before < large["completion_tokens"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _vllm_generation_tokens(adaptive_server) - before == large["completion_tokens"]
+
+
+def test_a_request_may_pick_the_policy(adaptive_server):
+    text, usage = _chat(adaptive_server, {"policy": "quantile", "threshold": 2.5})
+    reference, _ = _chat(adaptive_server, {"enabled": False})
+    assert text == reference and usage["adaptive"]["switches"] > 0
+
+
 @pytest.mark.parametrize(("body", "param"), [
+    ({"adaptive": {"policy": "median"}}, "adaptive.policy"),
     ({"adaptive": {"threshold": -1}}, "adaptive.threshold"),
     ({"adaptive": {"threshold": 1, "window": 3}}, "adaptive.window"),
     ({"n": 2, "temperature": 0}, "n"),  # as vLLM: greedy choices would all be the same

@@ -68,10 +68,11 @@ class ScriptedChannel:
         return 5.0 if offset + position in self.high[letter] else 0.1
 
 
-def _run(high_small: set[int], high_large: set[int], max_tokens: int = 12, options=None, stop=()):
+def _run(high_small: set[int], high_large: set[int], max_tokens: int = 12, options=None, stop=(), window: int = 1):
     channel = ScriptedChannel({"s": high_small, "L": high_large})
     small, large = ScriptedEngine("s", channel), ScriptedEngine("L", channel)
-    settings = AdaptiveSettings(adaptive_small="x", adaptive_threshold=1.0, adaptive_window=1, adaptive_min_dwell=2)
+    settings = AdaptiveSettings(adaptive_small="x", adaptive_threshold=1.0, adaptive_window=window,
+                                adaptive_min_dwell=2)
     engine = AdaptiveEngine(small, large, channel, settings)
     request = GenerationRequest("r", Prompt(PROMPT), SamplingOptions(max_tokens=max_tokens, stop=stop),
                                 {"adaptive": options} if options else {})
@@ -104,6 +105,12 @@ def test_the_large_model_keeps_writing_while_uncertain():
 def test_switching_off_and_threshold_zero_are_one_model():
     assert _run({1, 2}, set(), options=AdaptiveOptions(enabled=False))[0] == "s" * 12
     assert _run({1, 2}, set(), options=AdaptiveOptions(threshold=0))[0] == "L" * 12
+
+
+def test_a_request_picks_its_own_policy():
+    # Window (0.1, 5.0): its mean 2.55 stays under 3, its 0.8-quantile 4.02 does not.
+    assert _run({3}, set(), options=AdaptiveOptions(threshold=3.0), window=2)[0] == "s" * 12
+    assert _run({3}, set(), options=AdaptiveOptions(threshold=3.0, policy="quantile"), window=2)[0] == "sssLLsssssss"
 
 
 def test_models_with_different_vocabularies_are_refused(tmp_path):

@@ -128,6 +128,10 @@ SOURCES = [
           ("vllm.v1.attention.backends.registry:AttentionBackendEnum.get_path", "_ATTN_OVERRIDES.get(self,"),
           (f"{CPU_ATTN}:CPUAttentionBackend.get_name", 'return "CPU_ATTN"'),
           (f"{CPU_ATTN}:CPUAttentionBackend", "forward_includes_kv_cache_update: bool = False")),
+    *each(STATS, ("vllm.v1.metrics.loggers:PrometheusStatLogger.__init__", "unregister_vllm_metrics()"),
+          ("vllm.v1.metrics.loggers:StatLoggerManager.__init__",  # a PrometheusStatLogger subclass replaces vLLM's
+           "if isinstance(global_stat_logger, PrometheusStatLogger): custom_prometheus_logger = True"),
+          ("vllm.v1.metrics.loggers:StatLoggerManager.__init__", "if not custom_prometheus_logger:")),
     *each(METRICS, ("vllm.v1.metrics.loggers", '"vllm:num_requests_running"'),
           ("vllm.v1.spec_decode.metrics", '"vllm:spec_decode_num_draft_tokens"'),
           ("vllm.v1.spec_decode.metrics", '"vllm:spec_decode_num_accepted_tokens"')),
@@ -258,6 +262,17 @@ def test_stat_logger_needs_only_what_leanserve_implements() -> None:
     implemented = {"__init__", "record", "log_engine_initialized"}  # what vllm_stats.PluginStatLogger defines
     assert StatLoggerBase.__abstractmethods__ <= implemented, (
         f"vLLM added abstract methods {StatLoggerBase.__abstractmethods__ - implemented}; relied on by {STATS}")
+
+
+def test_silenced_prometheus_logger_overrides_every_method_vllm_calls() -> None:
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    public = {name for name, member in inspect.getmembers(PrometheusStatLogger, inspect.isfunction)
+              if not name.startswith("_")}
+    silenced = {"record", "record_sleep_state", "record_admission_rejection", "log_engine_initialized",
+                "log_metrics_info", "log"}
+    assert public <= silenced, (f"vLLM's PrometheusStatLogger gained {public - silenced}: vllm_stats.NoVllmPrometheus "
+                                f"must override them too; relied on by {STATS}")
 
 
 def _literal_values(tp: object) -> set[str]:

