@@ -1,17 +1,19 @@
 """Entropy-adaptive switching on HumanEval: pass@1 against the large model's share of the tokens.
 
     python -m benchmarks.adaptive_humaneval [--problems 164] [--ead 0.5,1,1.5] [--quantile 1,1.5,2]
-                                            [--timed ead:1.0,quantile:1.5] [--out benchmarks/results/adaptive_humaneval]
+        [--timed ead:1.0,quantile:1.5] [--servers both|adaptive|large] [--resume]
+        [--out benchmarks/results/adaptive_humaneval]
 
 Through the real HTTP API with the ``openai`` client, greedy, chat prompt asking for the
 whole function in one python block (the answer ends at its closing fence). Two servers,
-one at a time (the machine has 2 cores):
+one at a time (the machine has 2 cores; nothing else should run beside them, and memory
+must hold both models: another vLLM server beside them got a worker OOM-killed):
 
-1. ``--model LARGE --adaptive-small SMALL``: the small model alone (``adaptive.enabled``
-   false), then every policy and threshold, chosen per request (``adaptive.policy`` and
-   ``adaptive.threshold``), at concurrency 8 over the problems; then the ``--timed``
-   points and the small model at concurrency 1 over the first ``--timed-problems``.
-2. ``--model LARGE`` alone: the same at concurrency 8 and 1.
+1. ``--model LARGE --adaptive-small SMALL``: the ``--timed`` points and the small model
+   alone (``adaptive.enabled`` false) at concurrency 1 over the first ``--timed-problems``;
+   then the small model and every policy and threshold, chosen per request
+   (``adaptive.policy`` and ``adaptive.threshold``), at concurrency 8 over the problems.
+2. ``--model LARGE`` alone: concurrency 8 over the problems, 1 over the timed ones.
 
 Cost is EAD's (Ruan et al., 2025): (f_L·P_L + (1−f_L)·P_S) / P_L, with f_L the large
 model's share of the written tokens and P the parameter counts. Writes ``results.json``
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantile", type=floats, default=[1.0, 1.5, 2.0], help="thresholds for the quantile one")
     parser.add_argument("--timed", type=_points, default=[], help="policy:threshold points timed at concurrency 1")
     parser.add_argument("--timed-problems", type=int, default=12)
-    parser.add_argument("--skip-large", action="store_true", help="no large-only server (already measured)")
+    parser.add_argument("--servers", choices=("both", "adaptive", "large"), default="both",
+                        help="which of the two servers to run (both: adaptive first)")
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--min-dwell", type=int, default=4)
     parser.add_argument("--kv-cache-gib", type=float, default=2.0)
@@ -176,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: v for k, v in row.items() if k != "adaptive"}), flush=True)
             save()
 
-    adaptive_plan = [(name, field, problems, 8) for name, field in _configs(args)]
+    adaptive_plan = []  # the short concurrency-1 timings first, then the sweep
     if timed:
         adaptive_plan += [("small", {"enabled": False}, timed, 1)]
         adaptive_plan += [(f"{p} {t:g}", {"policy": p, "threshold": t}, timed, 1) for p, t in args.timed]
-    if any((name, c) not in done for name, _, _, c in adaptive_plan):
+    adaptive_plan += [(name, field, problems, 8) for name, field in _configs(args)]
+    if args.servers != "large" and any((name, c) not in done for name, _, _, c in adaptive_plan):
         process, base_url = _serve(["--adaptive-small", SMALL, "--adaptive-window", str(args.window),
                                     "--adaptive-min-dwell", str(args.min_dwell)], scratch, args.kv_cache_gib)
         try:
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_server(process)
     large_plan = [("large", None, problems, 8)] + ([("large", None, timed, 1)] if timed else [])
-    if not args.skip_large and any((name, c) not in done for name, _, _, c in large_plan):
+    if args.servers != "adaptive" and any((name, c) not in done for name, _, _, c in large_plan):
         process, base_url = _serve([], scratch, args.kv_cache_gib)
         try:
             run_all(base_url, large_plan)
