@@ -37,7 +37,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_cls: type[CoreS
     """One ``--flag`` per settings field, plugins' included; unset flags fall back to env vars and defaults."""
     for name, field in settings_cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = field.description or ""
+        help_text = (field.description or "").replace("%", "%%")  # argparse %-formats help
         if name == "api_keys":
             parser.add_argument("--api-key", dest=name, action="append", default=None,
                                 help="bearer token clients must send (repeat for several)")
