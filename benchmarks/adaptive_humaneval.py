@@ -96,9 +96,10 @@ def measure(base_url: str, name: str, problems: list[dict], adaptive: dict | Non
     shares = {key: sum((a["adaptive"] or {}).get(key, 0) for a in answers)
               for key in ("small_tokens", "large_tokens", "switches", "catchup_tokens")}
     written = shares["small_tokens"] + shares["large_tokens"]
+    passed = sum(a["passed"] for a in answers)
     return {
         "config": name, "adaptive": adaptive, "concurrency": concurrency, "problems": len(problems),
-        "passed": sum(a["passed"] for a in answers), "pass_at_1": sum(a["passed"] for a in answers) / len(answers),
+        "passed": passed, "pass_at_1": passed / len(answers),
         "output_tokens": tokens, "wall_s": wall_s, "output_tok_per_s": tokens / wall_s,
         "mean_latency_s": sum(a["latency_s"] for a in answers) / len(answers),
         "large_fraction": shares["large_tokens"] / written if written else None,

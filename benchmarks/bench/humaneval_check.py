@@ -36,11 +36,15 @@ def extract_code(answer: str, problem: dict) -> str:
     return problem["prompt"] + code
 
 
-def _limit_child() -> None:
-    """Runs in the child before exec: bound what untrusted code may take."""
-    resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_BYTES, _MEMORY_BYTES))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_BYTES, _FILE_BYTES))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _child_limits(cpu_s: int):
+    """What runs in the child before exec: bound what untrusted code may take."""
+
+    def apply() -> None:
+        for limit, value in ((resource.RLIMIT_AS, _MEMORY_BYTES), (resource.RLIMIT_FSIZE, _FILE_BYTES),
+                             (resource.RLIMIT_CORE, 0), (resource.RLIMIT_CPU, cpu_s)):
+            resource.setrlimit(limit, (value, value))
+
+    return apply
 
 
 def passes(answer: str, problem: dict, timeout_s: float = 5.0) -> bool:
@@ -49,16 +53,10 @@ def passes(answer: str, problem: dict, timeout_s: float = 5.0) -> bool:
     with tempfile.TemporaryDirectory(prefix="humaneval-") as workdir:
         script = Path(workdir) / "program.py"
         script.write_text(program)
-        cpu = int(timeout_s) + 1
-
-        def limits() -> None:
-            _limit_child()
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-
         try:
             result = subprocess.run([sys.executable, "-I", "-B", str(script)], check=False, cwd=workdir, env={},
                                     stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s,
-                                    preexec_fn=limits, start_new_session=True)
+                                    preexec_fn=_child_limits(int(timeout_s) + 1), start_new_session=True)
         except subprocess.TimeoutExpired:
             return False
     return result.returncode == 0
