@@ -1,7 +1,7 @@
 """Entropy-adaptive switching on HumanEval: pass@1 against the large model's share of the tokens.
 
-    python -m benchmarks.adaptive_humaneval [--problems 164] [--ead 0.5,1,1.5] [--quantile 1,1.5,2]
-        [--timed ead:1.0,quantile:1.5] [--servers both|adaptive|large] [--resume]
+    python -m benchmarks.adaptive_humaneval [--problems 164] [--ead 0.3] [--quantile 0.5] [--token 0.1/2/2,0.2/2/2]
+        [--timed ead:0.3,token:0.2/2/2] [--servers both|adaptive|large] [--resume]
         [--out benchmarks/results/adaptive_humaneval]
 
 Through the real HTTP API with the ``openai`` client, greedy, chat prompt asking for the
@@ -14,6 +14,9 @@ must hold both models: another vLLM server beside them got a worker OOM-killed):
    then the small model and every policy and threshold, chosen per request
    (``adaptive.policy`` and ``adaptive.threshold``), at concurrency 8 over the problems.
 2. ``--model LARGE`` alone: concurrency 8 over the problems, 1 over the timed ones.
+
+Concurrency-1 timings start with every timed prompt cached in both engines
+(``warm_prompts``), so that no configuration's figure depends on which ran before it.
 
 Cost is EAD's (Ruan et al., 2025): (f_L·P_L + (1−f_L)·P_S) / P_L, with f_L the large
 model's share of the written tokens and P the parameter counts. Writes ``results.json``
@@ -40,6 +43,7 @@ from benchmarks.bench.humaneval_check import passes
 from benchmarks.bench.sources import humaneval_problems
 from benchmarks.local_server import free_port, start_server, stop_server
 
+POLICIES = ("ead", "quantile", "token")  # each has a --<policy> list of thresholds
 SMALL, LARGE = "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct"
 ASK = ("Complete the following Python function. Reply with the whole function, signature included, "
        "in one ```python code block.\n\n```python\n{prompt}```")
@@ -109,20 +113,48 @@ def measure(base_url: str, name: str, problems: list[dict], adaptive: dict | Non
     }
 
 
-def _points(text: str) -> list[tuple[str, float]]:
-    pairs = []
-    for item in filter(None, text.split(",")):
-        policy, threshold = item.split(":")
-        pairs.append((policy, float(threshold)))
-    return pairs
+def warm_prompts(base_url: str, problems: list[dict], adaptive_fields: list[dict | None]) -> None:
+    """Every timed prompt once through each engine (one token), before the concurrency-1 timings.
+
+    Without it the first configuration timed on a server pays the prompts' prefill (in the
+    large engine at its first hand-over) and the next ones find them cached, so the figures
+    would depend on the order of the runs. Warm, every configuration starts alike.
+    """
+
+    async def warm() -> None:
+        async with AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", timeout=600, max_retries=0) as client:
+            for problem in problems:
+                for field in adaptive_fields:
+                    await client.chat.completions.create(
+                        model=LARGE, messages=[{"role": "user", "content": ASK.format(prompt=problem["prompt"])}],
+                        temperature=0, max_tokens=1, extra_body={"adaptive": field} if field is not None else None)
+
+    asyncio.run(warm())
+
+
+def _points(text: str) -> list[tuple[str, str]]:
+    return [tuple(item.split(":")) for item in text.split(",") if item]
+
+
+def _settings_list(text: str) -> list[str]:
+    """``τ`` or ``τ/window/min_dwell`` items (the server's window and dwell when not given)."""
+    return [item for item in text.split(",") if item]
+
+
+def _adaptive_field(policy: str, setting: str) -> tuple[str, dict]:
+    """The run's name and the request's ``adaptive`` field for one policy setting."""
+    threshold, *rest = setting.split("/")
+    field = {"policy": policy, "threshold": float(threshold)}
+    if rest:
+        field["window"], field["min_dwell"] = (int(x) for x in rest)
+    return f"{policy} {setting}", field
 
 
 def _configs(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     """(name, adaptive field) for the concurrency-8 sweep on the adaptive server."""
     configs: list[tuple[str, dict | None]] = [("small", {"enabled": False})]
-    for policy in ("ead", "quantile"):
-        for threshold in getattr(args, policy):
-            configs.append((f"{policy} {threshold:g}", {"policy": policy, "threshold": threshold}))
+    for policy in POLICIES:
+        configs += [_adaptive_field(policy, setting) for setting in getattr(args, policy)]
     return configs
 
 
@@ -136,10 +168,12 @@ def _serve(flags: list[str], scratch: Path, kv_gib: float):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    floats = lambda text: [float(x) for x in text.split(",") if x]
     parser.add_argument("--problems", type=int, default=164, help="the first N HumanEval problems (all: 164)")
-    parser.add_argument("--ead", type=floats, default=[0.5, 1.0, 1.5], help="thresholds (nats) for the ead policy")
-    parser.add_argument("--quantile", type=floats, default=[1.0, 1.5, 2.0], help="thresholds for the quantile one")
+    parser.add_argument("--ead", type=_settings_list, default=["0.3"],
+                        help="ead settings: thresholds (nats), each optionally /window/min_dwell")
+    parser.add_argument("--quantile", type=_settings_list, default=["0.5"], help="quantile-rule settings, as --ead")
+    parser.add_argument("--token", type=_settings_list, default=["0.1/2/2", "0.2/2/2"],
+                        help="token-level deferral settings, as --ead")
     parser.add_argument("--timed", type=_points, default=[], help="policy:threshold points timed at concurrency 1")
     parser.add_argument("--timed-problems", type=int, default=12)
     parser.add_argument("--servers", choices=("both", "adaptive", "large"), default="both",
@@ -171,10 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         results_path.write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
         plot_pareto(rows, params, args.out / "pareto.png")
 
-    def run_all(base_url: str, plan: list[tuple[str, dict | None, list[dict], int]]) -> None:
+    def run_all(base_url: str, plan: list[tuple[str, dict | None, list[dict], int]], warm: list[dict | None]) -> None:
+        warmed = False
         for name, adaptive, subset, concurrency in plan:
             if (name, concurrency) in done:
                 continue
+            if concurrency == 1 and not warmed:
+                warm_prompts(base_url, subset, warm)
+                warmed = True
             row = measure(base_url, name, subset, adaptive, concurrency, answers_log)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "adaptive"}), flush=True)
@@ -183,20 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     adaptive_plan = []  # the short concurrency-1 timings first, then the sweep
     if timed:
         adaptive_plan += [("small", {"enabled": False}, timed, 1)]
-        adaptive_plan += [(f"{p} {t:g}", {"policy": p, "threshold": t}, timed, 1) for p, t in args.timed]
+        adaptive_plan += [(*_adaptive_field(policy, setting), timed, 1) for policy, setting in args.timed]
     adaptive_plan += [(name, field, problems, 8) for name, field in _configs(args)]
     if args.servers != "large" and any((name, c) not in done for name, _, _, c in adaptive_plan):
         process, base_url = _serve(["--adaptive-small", SMALL, "--adaptive-window", str(args.window),
                                     "--adaptive-min-dwell", str(args.min_dwell)], scratch, args.kv_cache_gib)
         try:
-            run_all(base_url, adaptive_plan)
+            run_all(base_url, adaptive_plan, warm=[{"enabled": False}, {"threshold": 0}])  # small, then large
         finally:
             stop_server(process)
     large_plan = [("large", None, problems, 8)] + ([("large", None, timed, 1)] if timed else [])
     if args.servers != "adaptive" and any((name, c) not in done for name, _, _, c in large_plan):
         process, base_url = _serve([], scratch, args.kv_cache_gib)
         try:
-            run_all(base_url, large_plan)
+            run_all(base_url, large_plan, warm=[None])
         finally:
             stop_server(process)
     save()

@@ -22,15 +22,15 @@ def plot_pareto(rows: list[dict], params: dict[str, int], path: Path) -> None:
     if not sweep:
         return
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for policy, marker in (("ead", "o"), ("quantile", "s")):
+    for policy, marker in (("ead", "o"), ("quantile", "s"), ("token", "^")):
         points = sorted((relative_cost(row["large_fraction"] or 0.0, params, small, large), row["pass_at_1"],
                          row["config"]) for row in sweep if row["config"].startswith(policy + " "))
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=policy)
             for cost, score, name in points:
-                ax.annotate(name.split(" ")[1], (cost, score), textcoords="offset points", xytext=(4, -10),
-                            fontsize=7)
-    for name, fraction, colour in (("small", 0.0, "tab:green"), ("large", 1.0, "tab:red")):
+                ax.annotate(name.split(" ")[1].split("/")[0], (cost, score), textcoords="offset points",
+                            xytext=(3, -10), fontsize=7)  # the threshold; window/dwell are in RESULTS.md
+    for name, fraction, colour in (("small", 0.0, "black"), ("large", 1.0, "tab:red")):
         row = next((row for row in sweep if row["config"] == name), None)
         if row is not None:
             ax.scatter([relative_cost(fraction, params, small, large)], [row["pass_at_1"]], color=colour, zorder=3,

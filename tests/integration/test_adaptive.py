@@ -126,8 +126,10 @@ def test_vllm_series_describe_the_served_large_model(adaptive_server):
     assert _vllm_generation_tokens(adaptive_server) - before == large["completion_tokens"]
 
 
-def test_a_request_may_pick_the_policy(adaptive_server):
-    text, usage = _chat(adaptive_server, {"policy": "quantile", "threshold": 2.5})
+@pytest.mark.parametrize("adaptive", [{"policy": "quantile", "threshold": 2.5},
+                                      {"policy": "token", "threshold": 2.5, "window": 2, "min_dwell": 3}])
+def test_a_request_may_pick_the_policy(adaptive_server, adaptive):
+    text, usage = _chat(adaptive_server, adaptive)
     reference, _ = _chat(adaptive_server, {"enabled": False})
     assert text == reference and usage["adaptive"]["switches"] > 0
 
@@ -135,7 +137,9 @@ def test_a_request_may_pick_the_policy(adaptive_server):
 @pytest.mark.parametrize(("body", "param"), [
     ({"adaptive": {"policy": "median"}}, "adaptive.policy"),
     ({"adaptive": {"threshold": -1}}, "adaptive.threshold"),
-    ({"adaptive": {"threshold": 1, "window": 3}}, "adaptive.window"),
+    ({"adaptive": {"threshold": 1, "window": 0}}, "adaptive.window"),
+    ({"adaptive": {"min_dwell": 2000}}, "adaptive.min_dwell"),
+    ({"adaptive": {"threshold": 1, "lookahead": 3}}, "adaptive.lookahead"),  # unknown fields are refused too
     ({"n": 2, "temperature": 0}, "n"),  # as vLLM: greedy choices would all be the same
 ])
 def test_refusals_name_the_field(adaptive_server, body, param):

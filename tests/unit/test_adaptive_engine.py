@@ -109,8 +109,19 @@ def test_switching_off_and_threshold_zero_are_one_model():
 
 def test_a_request_picks_its_own_policy():
     # Window (0.1, 5.0): its mean 2.55 stays under 3, its 0.8-quantile 4.02 does not.
-    assert _run({3}, set(), options=AdaptiveOptions(threshold=3.0), window=2)[0] == "s" * 12
+    assert _run({3}, set(), options=AdaptiveOptions(threshold=3.0, policy="ead"), window=2)[0] == "s" * 12
     assert _run({3}, set(), options=AdaptiveOptions(threshold=3.0, policy="quantile"), window=2)[0] == "sssLLsssssss"
+    # Two uncertain small tokens close together: the windowed rules' dwell lets the second through (the small model
+    # writes 5, and the large model takes over only at 6); token-level deferral hands position 5 itself over.
+    assert _run({3, 5}, set(), options=AdaptiveOptions(threshold=3.0, policy="quantile"), window=2)[0] == "sssLLsLLssss"
+    assert _run({3, 5}, set(), options=AdaptiveOptions(threshold=3.0, policy="token"), window=2)[0] == "sssLLLLsssss"
+
+
+def test_a_request_sets_the_window_and_the_dwell():
+    # The server's dwell is 2; this request asks the large model to write at least 4 tokens.
+    assert _run({3}, set(), options=AdaptiveOptions(min_dwell=4, policy="token"))[0] == "sssLLLLsssss"
+    # A window of 3 low entropies before handing back: the large model writes 3, 4, 5.
+    assert _run({3}, set(), options=AdaptiveOptions(window=3, policy="token"))[0] == "sssLLLssssss"
 
 
 def test_models_with_different_vocabularies_are_refused(tmp_path):

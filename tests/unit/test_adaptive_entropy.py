@@ -12,7 +12,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from engine.plugins.adaptive.channel import EntropyChannel
 from engine.plugins.adaptive.entropy import EntropyTap, entropy_nats
-from engine.plugins.adaptive.policy import MeanEntropy, QuantileEntropy
+from engine.plugins.adaptive.policy import MeanEntropy, QuantileEntropy, TokenDeferral
 
 
 def test_entropy_matches_the_definition_on_a_real_vocabulary_size():
@@ -88,3 +88,18 @@ def test_quantile_rule_reacts_to_a_few_uncertain_tokens_the_mean_averages_away()
     # The 0.8-quantile of (0.1, 0.1, 0.1, 2.5) is above 1: the large model takes over; the window
     # restarts with its own entropies, and one confident token (dwell 1) hands back.
     assert [quantile.observe(h) for h in entropies] == ["small", "small", "small", "large", "small"]
+
+
+def test_token_deferral_hands_over_at_the_uncertain_token_itself_with_no_dwell_on_the_small_side():
+    policy = TokenDeferral(threshold=1.0, window=2, min_dwell=3)
+    # A single uncertain token, right at the start: the mean and the dwell of the other rules would let it pass.
+    assert policy.observe(1.5) == "large"
+    # The large model writes at least 3 tokens, then hands back once its last 2 entropies are both low.
+    assert [policy.observe(h) for h in (0.1, 2.0, 0.1, 0.1)] == ["large", "large", "large", "small"]
+    assert [policy.observe(h) for h in (0.2, 0.99, 1.0)] == ["small", "small", "large"]
+
+
+def test_token_deferral_at_threshold_zero_never_leaves_the_large_model():
+    policy = TokenDeferral(threshold=0.0, window=1, min_dwell=1)
+    assert policy.active == "large"
+    assert {policy.observe(0.0) for _ in range(10)} == {"large"}

@@ -105,12 +105,12 @@ class AdaptiveEngine:
     def _policy(self, options: AdaptiveOptions | None) -> SwitchPolicy | None:
         if options is not None and not options.enabled:
             return None
-        threshold, policy = self._settings.adaptive_threshold, self._settings.adaptive_policy
+        chosen = {"policy": self._settings.adaptive_policy, "threshold": self._settings.adaptive_threshold,
+                  "window": self._settings.adaptive_window, "min_dwell": self._settings.adaptive_min_dwell}
         if options is not None:
-            threshold = threshold if options.threshold is None else options.threshold
-            policy = options.policy or policy
-        return POLICIES[policy](
-            threshold=threshold, window=self._settings.adaptive_window, min_dwell=self._settings.adaptive_min_dwell)
+            chosen.update(options.model_dump(include=set(chosen), exclude_none=True))
+        policy = chosen.pop("policy")
+        return POLICIES[policy](**chosen)
 
     async def _sequence(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationDelta]:
         policy = self._policy(request.options.get("adaptive"))
@@ -135,7 +135,8 @@ class AdaptiveEngine:
                     async for delta in stream:
                         if delta.cached_tokens is not None and part > 0:
                             tally.catchup_tokens += len(inner.prompt.token_ids) - delta.cached_tokens
-                        wanted = await self._observe(policy, tag, range(position, position + len(delta.token_ids)))
+                        wanted = await self._observe(policy, tag, range(position, position + len(delta.token_ids)),
+                                                     active)
                         position += len(delta.token_ids)
                         if wanted == "large" and active == "small":
                             break  # the small model was unsure of this token: the large model rewrites it
@@ -158,8 +159,13 @@ class AdaptiveEngine:
             active = "large" if active == "small" else "small"
             tally.switches += 1
 
-    async def _observe(self, policy: SwitchPolicy | None, tag: str, positions: range) -> Model | None:
-        """Feed the policy the entropy of each new token; the writer it wants next (None: no say)."""
+    async def _observe(self, policy: SwitchPolicy | None, tag: str, positions: range, active: Model) -> Model | None:
+        """Feed the policy the entropy of each new token; the writer it wants next (None: no say).
+
+        A delta may carry several tokens (vLLM merges them when the reader lags); the policy
+        stops at the first that changes the writer, since the rest belong to a stretch the
+        policy has already handed to the other model.
+        """
         if policy is None:
             return None
         wanted: Model | None = None
@@ -167,6 +173,8 @@ class AdaptiveEngine:
             entropy = await self._channel.entropy(tag, position, _ENTROPY_WAIT_S)
             if entropy is not None:
                 wanted = policy.observe(entropy)
+                if wanted != active:
+                    break
         return wanted
 
     def _outgoing(self, delta: GenerationDelta, index: int, part: int, tally: _Tally | None) -> GenerationDelta:

