@@ -21,9 +21,10 @@ before it may hand over again), so that one odd token does not cause a costly sw
 Why ``token`` wins: teacher-forcing both Qwen2.5-Coder models on the large one's HumanEval
 answers, only 2.2% of positions have a different greedy token in the two models, and the
 small model's own entropy at a position ranks them almost perfectly (the most uncertain 10%
-of positions hold 96% of them). The windowed rules decide on the token *after* an uncertain
+of positions hold 97% of them). The windowed rules decide on the token *after* an uncertain
 one, dilute a single uncertain token in the mean, and block hand-overs during the dwell, so
-they miss most of those positions (benchmarks/RESULTS.md has the figures).
+they leave many of those positions to the small model (EAD at 0.3 nats: 39%; token-level
+deferral at 0.2: 2%; ``python -m benchmarks.adaptive_replay``, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
