@@ -42,8 +42,8 @@ from benchmarks.adaptive_plot import plot_pareto
 from benchmarks.bench.humaneval_check import passes
 from benchmarks.bench.sources import humaneval_problems
 from benchmarks.local_server import free_port, start_server, stop_server
+from engine.plugins.adaptive.policy import POLICIES
 
-POLICIES = ("ead", "quantile", "token")  # each has a --<policy> list of thresholds
 SMALL, LARGE = "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct"
 ASK = ("Complete the following Python function. Reply with the whole function, signature included, "
        "in one ```python code block.\n\n```python\n{prompt}```")
@@ -169,11 +169,10 @@ def _serve(flags: list[str], scratch: Path, kv_gib: float):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", type=int, default=164, help="the first N HumanEval problems (all: 164)")
-    parser.add_argument("--ead", type=_settings_list, default=["0.3"],
-                        help="ead settings: thresholds (nats), each optionally /window/min_dwell")
-    parser.add_argument("--quantile", type=_settings_list, default=["0.5"], help="quantile-rule settings, as --ead")
-    parser.add_argument("--token", type=_settings_list, default=["0.1/2/2", "0.2/2/2"],
-                        help="token-level deferral settings, as --ead")
+    sweep_defaults = {"ead": ["0.3"], "quantile": ["0.5"], "token": ["0.1/2/2", "0.2/2/2"]}
+    for policy in POLICIES:  # one --<policy> list per policy the server has
+        parser.add_argument(f"--{policy}", type=_settings_list, default=sweep_defaults.get(policy, []),
+                            help=f"{policy} settings: thresholds (nats), each optionally /window/min_dwell")
     parser.add_argument("--timed", type=_points, default=[], help="policy:threshold points timed at concurrency 1")
     parser.add_argument("--timed-problems", type=int, default=12)
     parser.add_argument("--servers", choices=("both", "adaptive", "large"), default="both",

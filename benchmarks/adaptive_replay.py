@@ -46,6 +46,7 @@ def teacher_force(answers: dict[str, str], model_dirs: dict[str, Path]) -> dict[
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from benchmarks.bench.sources import humaneval_problems
+    from engine.plugins.adaptive.entropy import entropy_nats
 
     prompts = {problem["task_id"]: problem["prompt"] for problem in humaneval_problems()}
     tokenizer = AutoTokenizer.from_pretrained(model_dirs[SMALL])  # one vocabulary for both (checked by the server)
@@ -61,11 +62,10 @@ def teacher_force(answers: dict[str, str], model_dirs: dict[str, Path]) -> dict[
         started = time.perf_counter()
         for task_id, (prompt, answer) in sequences.items():
             with torch.no_grad():
-                logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1].float()  # [A, vocab]
-            log_probs = torch.log_softmax(logits, dim=-1)
+                logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]  # [A, vocab]
             positions[task_id][name] = {
-                "entropy": (-(log_probs.exp() * log_probs).sum(-1)).tolist(),  # [A]
-                "argmax": log_probs.argmax(-1).tolist(),  # [A]
+                "entropy": entropy_nats(logits).tolist(),  # [A]: as the server's tap computes it
+                "argmax": logits.argmax(-1).tolist(),  # [A]
             }
         print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         del model
