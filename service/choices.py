@@ -22,6 +22,8 @@ class UsageTally:
 
     def add(self, delta: GenerationDelta) -> None:
         self.completion_tokens += len(delta.token_ids)
+        if delta.expanded_prompt_tokens:
+            self.prompt_tokens += delta.expanded_prompt_tokens  # image tokens the model read count as prompt
         if delta.usage:
             self._add_plugin_usage(delta.usage)
 

@@ -27,6 +27,8 @@ EXIT_BAD_SETTINGS = 2
 
 
 def _flag_type(annotation: object) -> type:
+    if {int, float} <= set(get_args(annotation)):
+        return str  # a ratio or a count: the field's validator tells them apart
     for candidate in (bool, int, float, Path):
         if annotation is candidate or candidate in get_args(annotation):
             return candidate

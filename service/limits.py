@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.errors import bad_request
+from service.images import ImageLimits
 from service.protocol import ChatCompletionRequest, CompletionRequest
 from service.settings import Settings
 
@@ -23,6 +24,7 @@ class RequestLimits:
     max_logprobs: int
     max_prompt_tokens: int | None
     max_tokens_limit: int | None
+    images: ImageLimits
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
@@ -30,6 +32,7 @@ class RequestLimits:
             max_n=settings.max_n, max_prompts=settings.max_prompts,
             max_stop_sequences=settings.max_stop_sequences, max_logprobs=settings.max_logprobs,
             max_prompt_tokens=settings.max_prompt_tokens, max_tokens_limit=settings.max_tokens_limit,
+            images=ImageLimits.from_settings(settings),
         )
 
 

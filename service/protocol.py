@@ -20,6 +20,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from engine.protocol import SamplingOptions
+from service.content_parts import ContentPart, ImageContentPart, TextContentPart, VideoContentPart
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -56,22 +57,24 @@ class StreamOptions(_Request):
     include_usage: StrictBool = False
 
 
-class TextContentPart(_Request):
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextContentPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
+        """The text of the message (image and video parts left out)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextContentPart))
+
+    def media_parts(self) -> list[tuple[int, ImageContentPart | VideoContentPart]]:
+        """(index in content, part) of every image and video part."""
+        if not isinstance(self.content, list):
+            return []
+        return [(i, part) for i, part in enumerate(self.content) if not isinstance(part, TextContentPart)]
 
 
 class _SamplingFields(_Request):

