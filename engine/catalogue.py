@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.vlm_recipe import CLIP_L_336, SMOLLM2_SYSTEM, TINY_336, VlmRecipe, build_vlm
+from engine.vlm_recipe import VLM_RECIPES, VlmRecipe, build_vlm
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +136,6 @@ CATALOGUE: dict[str, CatalogueEntry] = {
 }
 
 
-VLM_RECIPES: dict[str, VlmRecipe] = {recipe.name: recipe for recipe in (
-    # LLaVA-1.5's shape: a CLIP-L/14-336-sized tower (random) + the real SmolLM2-135M.
-    VlmRecipe("llava-smollm2-135m", SMOLLM2_135M.name, CLIP_L_336, "bfloat16", SMOLLM2_SYSTEM),
-    # The same 576 tokens per image with a 4-layer tower: mechanics tests.
-    VlmRecipe("llava-smollm2-135m-tiny", SMOLLM2_135M.name, TINY_336, "float32", SMOLLM2_SYSTEM),
-)}
 
 
 @dataclass(frozen=True)

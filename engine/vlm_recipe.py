@@ -84,6 +84,17 @@ class VlmRecipe:
 
 
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+# The catalogue's VLMs (``--model <name>``), each built once around a catalogue text model.
+VLM_RECIPES: dict[str, VlmRecipe] = {recipe.name: recipe for recipe in (
+    # LLaVA-1.5's shape: a CLIP-L/14-336-sized tower (random) + the real SmolLM2-135M.
+    VlmRecipe("llava-smollm2-135m", "SmolLM2-135M-Instruct", CLIP_L_336, "bfloat16", SMOLLM2_SYSTEM),
+    # The same 576 tokens per image with a 4-layer tower: mechanics tests.
+    VlmRecipe("llava-smollm2-135m-tiny", "SmolLM2-135M-Instruct", TINY_336, "float32", SMOLLM2_SYSTEM),
+    # The largest language model this CPU prefills at a useful speed: image-token prefill benchmarks.
+    VlmRecipe("llava-qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct", CLIP_L_336, "bfloat16", QWEN_SYSTEM),
+)}
 
 
 def build_vlm(recipe: VlmRecipe, language_model_dir: Path, out_dir: Path) -> None:
@@ -105,8 +116,10 @@ def build_vlm(recipe: VlmRecipe, language_model_dir: Path, out_dir: Path) -> Non
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
     text_config = AutoConfig.from_pretrained(language_model_dir)
-    text_weights = _text_weights_with_image_row(load_file(language_model_dir / "model.safetensors"),
-                                                image_token_id)
+    shards = {}
+    for shard in sorted(language_model_dir.glob("*.safetensors")):
+        shards.update(load_file(shard))
+    text_weights = _text_weights_with_image_row(shards, image_token_id)
     text_config.vocab_size = text_weights["model.embed_tokens.weight"].shape[0]
 
     vision_config = CLIPVisionConfig(

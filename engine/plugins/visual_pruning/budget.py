@@ -21,13 +21,13 @@ KEEP_KEY = "leanserve_visual_pruning_keep"
 CONFIG_KEY = "leanserve_visual_pruning"
 
 
-def parse_keep(text: str | float | int) -> float | int:
+def parse_keep(text: str | float | int) -> float | int:  # noqa: PYI041 - a ratio (float) is not a count (int)
     """``"0.25"`` / ``0.25`` -> a ratio in (0, 1]; ``"64"`` / ``64`` -> a token count >= 1.
 
     A number written with a decimal point (or a float) is a ratio, an integer a count.
     """
     if isinstance(text, bool):
-        raise ValueError("keep must be a ratio in (0, 1] or a token count >= 1")
+        raise ValueError("keep must be a ratio in (0, 1] or a token count >= 1")  # noqa: TRY004 - pydantic turns ValueError into a 400
     if isinstance(text, str):
         text = text.strip()
         value: float | int = float(text) if any(mark in text for mark in ".eE") else int(text)
@@ -42,7 +42,7 @@ def parse_keep(text: str | float | int) -> float | int:
     return int(value)
 
 
-def kept_tokens(keep: float | int, total: int) -> int:
+def kept_tokens(keep: float | int, total: int) -> int:  # noqa: PYI041 - a ratio (float) is not a count (int)
     """Tokens kept of ``total``: round(ratio·total) at least 1, or min(count, total)."""
     if isinstance(keep, float):
         return max(1, min(total, round(keep * total)))

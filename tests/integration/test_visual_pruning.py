@@ -1,0 +1,222 @@
+"""Visual-token pruning on a real server: a LLaVA model (random 4-layer CLIP tower, real SmolLM2-135M)
+served through vLLM's multimodal path, images sent as base64 data URLs with the ``openai`` client.
+
+The server writes what it selected (and the embeddings it selected from) into a trace directory,
+so that each method's choice inside vLLM is checked against the one-token-at-a-time reference on the
+very same embeddings. Whether pruning keeps answers right needs a model that has learned to see:
+that is part 2's trained model and benchmark, not this file.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.local_server import free_port, start_server, stop_server
+from engine.catalogue import resolve_model
+from engine.plugins.visual_pruning import selection
+from kernels.visual_token_selection import reference
+from service.settings import Settings
+
+from .conftest import Server, sample, scrape, serve_command
+
+MODEL = "llava-smollm2-135m-tiny"
+TOKENS_PER_IMAGE = 576
+METHODS = ("divprune", "cls", "zoo", "random", "stride")
+
+
+@pytest.fixture(scope="module")
+def trace_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="leanserve-vlm-trace-"))
+
+
+@pytest.fixture(scope="module")
+def vlm_server(trace_dir: Path) -> Server:
+    port = free_port()
+    log_path = Path(tempfile.mkdtemp(prefix="leanserve-vlm-")) / "server.log"
+    command = serve_command(port, "--model", MODEL, "--visual-pruning", "divprune", "--visual-pruning-keep", "0.1",
+                            "--dtype", "float32", "--max-model-len", "4096", "--kv-cache-gib", "1")
+    env = {**os.environ, "LEANSERVE_VISUAL_PRUNING_TRACE": str(trace_dir), "LEANSERVE_VISUAL_PRUNING_TRACE_TENSORS": "1"}
+    base_url = f"http://127.0.0.1:{port}"
+    process = start_server(command, log_path, f"{base_url}/ready", env=env, timeout_s=600)
+    try:
+        resolved = resolve_model(MODEL, Settings().cache_dir)
+        yield Server(base_url, resolved.name, Path(resolved.path), process, log_path)
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def vlm(vlm_server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{vlm_server.base_url}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def image_url(width: int, height: int, seed: int, fmt: str = "PNG") -> str:
+    pixels = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_messages(*urls: str, text: str = "What is in the picture?") -> list[dict]:
+    return [{"role": "user", "content": [*({"type": "image_url", "image_url": {"url": url}} for url in urls),
+                                         {"type": "text", "text": text}]}]
+
+
+def ask(client: openai.OpenAI, messages: list[dict], budget: dict | None = None):
+    return client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0,
+                                          extra_body={"visual_pruning": budget} if budget is not None else None)
+
+
+def new_traces(trace_dir: Path, before: set[Path]) -> list[dict]:
+    return [torch.load(path, weights_only=False) for path in sorted(set(trace_dir.glob("*.pt")) - before)]
+
+
+def projector_fp32(model_dir: Path):
+    from safetensors.torch import load_file
+
+    weights = {name: tensor.float() for name, tensor in load_file(model_dir / "model.safetensors").items()
+               if name.startswith("multi_modal_projector.")}
+
+    def project(features: torch.Tensor) -> torch.Tensor:
+        hidden = torch.nn.functional.linear(features.float(), weights["multi_modal_projector.linear_1.weight"],
+                                            weights["multi_modal_projector.linear_1.bias"])
+        return torch.nn.functional.linear(torch.nn.functional.gelu(hidden), weights["multi_modal_projector.linear_2.weight"],
+                                          weights["multi_modal_projector.linear_2.bias"])
+
+    return project
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.1, 7])
+def test_every_method_fills_exactly_its_placeholders(vlm, keep):
+    """Rows returned == placeholders allocated, for every method and budget: usage and the prompt agree."""
+    expected = max(1, round(keep * TOKENS_PER_IMAGE)) if isinstance(keep, float) else keep
+    full = ask(vlm, image_messages(image_url(64, 48, seed=0)), {"enabled": False}).usage
+    assert full.model_extra["visual_pruning"]["image_tokens_after"] == TOKENS_PER_IMAGE
+    for method in METHODS:
+        response = ask(vlm, image_messages(image_url(64, 48, seed=0)), {"method": method, "keep": keep})
+        usage = response.usage.model_extra["visual_pruning"]
+        assert usage == {"image_tokens_before": 576, "image_tokens_after": expected,
+                         "image_tokens_saved": 576 - expected}, method
+        assert response.usage.prompt_tokens == full.prompt_tokens - TOKENS_PER_IMAGE + expected, method
+        assert response.choices[0].finish_reason in ("stop", "length")
+
+
+def test_selection_inside_vllm_equals_the_reference(vlm, vlm_server, trace_dir):
+    """Two images of odd sizes per request; each method's choice is recomputed from the traced embeddings."""
+    project = projector_fp32(vlm_server.model_dir)
+    urls = (image_url(37, 500, seed=1), image_url(641, 479, seed=2, fmt="JPEG"))
+    for method in METHODS:
+        before = set(trace_dir.glob("*.pt"))
+        ask(vlm, image_messages(*urls, text=f"method {method}"), {"method": method, "keep": 23})
+        traces = new_traces(trace_dir, before)
+        assert sum(trace["images"] for trace in traces) == 2, method
+        for trace in traces:
+            for image, kept in enumerate(trace["kept"]):
+                assert trace["methods"][image] == method
+                features, projected = trace["features"][image], trace["projected"][image]  # [N, Dv], [N, Dt]
+                if method == "divprune":
+                    expected = reference.divprune_reference(projected, 23)
+                elif method == "zoo":
+                    directions = selection.zoo_directions(features.shape[-1], features.device)
+                    expected = reference.zoo_prune_reference(features, projected, project, directions,
+                                                             selection.ZOO_STEP, 23)
+                elif method == "cls":
+                    scores = trace["cls_scores"][image]  # [N]: a distribution over the patches ([CLS] excluded)
+                    assert scores.shape == (TOKENS_PER_IMAGE,) and 0.5 < float(scores.sum()) <= 1.0 + 1e-4
+                    expected = reference.top_k_reference(scores, 23)
+                elif method == "stride":
+                    expected = reference.stride_reference(TOKENS_PER_IMAGE, 23)
+                else:
+                    expected = sorted(kept.tolist())
+                    assert len(set(expected)) == 23
+                assert kept.tolist() == expected, (method, image)
+
+
+def test_several_images_over_several_messages(vlm):
+    messages = [*image_messages(image_url(100, 100, seed=3)), {"role": "assistant", "content": "A picture."},
+                *image_messages(image_url(30, 90, seed=4), image_url(300, 200, seed=5, fmt="WEBP"))]
+    usage = ask(vlm, messages, {"keep": 0.25}).usage.model_extra["visual_pruning"]
+    assert usage["image_tokens_before"] == 3 * 576 and usage["image_tokens_after"] == 3 * 144
+
+
+def test_a_per_request_budget_changes_what_the_model_sees(vlm, trace_dir):
+    messages = image_messages(image_url(80, 80, seed=6))
+    seen = {}
+    for keep in (0.5, 0.05):
+        before = set(trace_dir.glob("*.pt"))
+        response = ask(vlm, messages, {"keep": keep})
+        seen[keep] = (response.usage.prompt_tokens, set(new_traces(trace_dir, before)[0]["kept"][0].tolist()))
+    assert seen[0.5][0] - seen[0.05][0] == 288 - 29  # the prompt the language model prefilled
+    assert (len(seen[0.5][1]), len(seen[0.05][1])) == (288, 29)  # the rows the encoder handed it
+
+
+def test_bad_budgets_are_400s_naming_the_field(vlm_server):
+    for budget, param in [({"keep": 1.5}, "visual_pruning"), ({"keep": 0}, "visual_pruning"),
+                          ({"method": "best"}, "visual_pruning.method"), ({"ratio": 0.5}, "visual_pruning.ratio")]:
+        response = httpx.post(f"{vlm_server.base_url}/v1/chat/completions", timeout=30, json={
+            "model": MODEL, "messages": image_messages(image_url(20, 20, seed=0)), "max_tokens": 2,
+            "visual_pruning": budget})
+        assert response.status_code == 400, budget
+        assert response.json()["error"]["param"] == param, budget
+
+
+def test_broken_images_are_400s_while_other_requests_flow(vlm, vlm_server):
+    png = base64.b64decode(image_url(200, 200, seed=7).split(",", 1)[1])
+    broken = {
+        "truncated": "data:image/png;base64," + base64.b64encode(png[: len(png) // 3]).decode(),
+        "garbage": "data:image/png;base64," + base64.b64encode(b"\x89PNG this is not a picture").decode(),
+        "bad base64": "data:image/png;base64,****",
+        "absurd shape": image_url(4000, 1, seed=8),
+        "remote": "https://example.com/cat.png",
+    }
+
+    def good(seed: int) -> str:
+        return ask(vlm, image_messages(image_url(50, 60, seed=seed))).choices[0].finish_reason
+
+    def bad(url: str) -> httpx.Response:
+        return httpx.post(f"{vlm_server.base_url}/v1/chat/completions", timeout=60,
+                          json={"model": MODEL, "messages": image_messages(url), "max_tokens": 2})
+
+    with ThreadPoolExecutor(8) as pool:
+        goods = [pool.submit(good, seed) for seed in range(10, 14)]
+        bads = {name: pool.submit(bad, url) for name, url in broken.items()}
+        for name, future in bads.items():
+            response = future.result()
+            assert response.status_code == 400, name
+            assert response.json()["error"]["param"] == "messages[0].content[0].image_url", name
+        assert all(future.result() in ("stop", "length") for future in goods)
+    assert httpx.get(f"{vlm_server.base_url}/health", timeout=10).status_code == 200
+
+
+def test_metrics_count_image_tokens_before_and_after(vlm, vlm_server):
+    before = scrape(vlm_server)
+    ask(vlm, image_messages(image_url(64, 64, seed=9)), {"method": "stride", "keep": 0.25})
+    after = scrape(vlm_server)
+    name = "leanserve_visual_pruning_image_tokens_total"
+    labels = {"model": MODEL, "method": "stride"}
+    assert sample(after, name, stage="encoded", **labels) - sample(before, name, stage="encoded", **labels) == 576
+    assert sample(after, name, stage="kept", **labels) - sample(before, name, stage="kept", **labels) == 144
+
+
+def test_a_text_only_model_refuses_images_and_pruning_options(client, server):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=server.model, messages=image_messages(image_url(8, 8, seed=0)),
+                                       max_tokens=2)
+    assert caught.value.body["code"] == "unsupported_modality"
+    assert caught.value.body["param"] == "messages[0].content[0]"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=2, extra_body={"visual_pruning": {"keep": 0.5}})
+    assert caught.value.body["param"] == "visual_pruning"
