@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import os
 import platform
 import socket
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--base-url", action="append", required=True,
                         help="server root (with or without /v1); repeat to compare servers")
     target.add_argument("--name", action="append", help="label per --base-url, in order (default host:port)")
+    target.add_argument("--extra-body", action="append", type=json.loads,
+                        help="JSON merged into every request body, one per --base-url in order (e.g. a plugin's "
+                             "per-request options: the same URL twice compares two settings side by side)")
     target.add_argument("--model", help="model name to request (default: each server's first /v1/models id)")
     target.add_argument("--api-key", default=os.environ.get("LEANSERVE_BENCH_API_KEY"),
                         help="bearer token sent to every target (env LEANSERVE_BENCH_API_KEY)")
@@ -192,7 +196,7 @@ def _progress(total: int, desc: str, disabled: bool):
 
 async def run_all(args: argparse.Namespace, targets: list[dict], levels: list[LoadLevel], tokenizer) -> dict:
     endpoints = {t["name"]: Endpoint(t["base_url"], t["model"], args.endpoint, args.api_key, args.ignore_eos,
-                                     args.temperature) for t in targets}
+                                     args.temperature, t.get("extra_body") or {}) for t in targets}
     result: dict = {"warmup": {}, "levels": []}
     if args.warmup > 0:
         warm = build_requests(args, args.seed + WARMUP_SEED_OFFSET, args.warmup, tokenizer)
@@ -249,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.name and len(args.name) != len(args.base_url):
         parser.error("give one --name per --base-url")
+    if args.extra_body and len(args.extra_body) != len(args.base_url):
+        parser.error("give one --extra-body per --base-url")
     urls = [normalise_base_url(u) for u in args.base_url]
     remote = [u for u in urls if not is_loopback_url(u)]
     if remote and not args.allow_remote:
@@ -266,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         names = [f"{n}#{i}" for i, n in enumerate(names)]
     targets = [{"name": n, "base_url": u, "model": args.model or served_model(u, args.api_key)}
                for n, u in zip(names, urls)]
+    for target, extra in zip(targets, args.extra_body or (), strict=False):
+        target["extra_body"] = extra
     tokenizer = load_tokenizer(args.tokenizer) if args.dataset in ("random", "austen", "long") else None
 
     started = time.time()

@@ -73,6 +73,7 @@ class Endpoint:
     api_key: str | None = None
     ignore_eos: bool = True
     temperature: float = 0.0
+    extra_body: dict = field(default_factory=dict)  # merged into every request (plugins' per-request options)
 
     @property
     def url(self) -> str:
@@ -102,7 +103,7 @@ def build_payload(endpoint: Endpoint, request: BenchRequest) -> dict:
         payload["messages"] = [{"role": "user", "content": content}]
     else:
         payload["prompt"] = request.prompt
-    return payload
+    return {**payload, **endpoint.extra_body}
 
 
 def _error_code(body: bytes) -> str:

@@ -64,6 +64,21 @@ def zoo_sensitivity(features: torch.Tensor, projector: Callable[[torch.Tensor], 
     return change.mean(dim=0)
 
 
+def zoo_sensitivity_mlp(hidden: torch.Tensor, moved_hidden: torch.Tensor, weight_2: torch.Tensor,
+                        step: float) -> torch.Tensor:
+    """``zoo_sensitivity`` for LLaVA's projector P(x) = W2·gelu(W1·x + b1) + b2, with both layers' linearity:
+
+    P(x + h·u) - P(x) = W2·(gelu(z + h·W1·u) - gelu(z)), z = W1·x + b1,
+
+    the same forward difference (not an approximation), with one matrix product per direction instead of
+    four. ``hidden`` = z [B, N, Dh]; ``moved_hidden`` = W1·u per direction [M, Dh]; ``weight_2`` [Dt, Dh].
+    Returns [B, N].
+    """
+    base = torch.nn.functional.gelu(hidden)  # [B, N, Dh]
+    change = torch.nn.functional.gelu(hidden.unsqueeze(0) + step * moved_hidden[:, None, None, :]) - base  # [M, B, N, Dh]
+    return (torch.linalg.vector_norm(change @ weight_2.T, dim=-1) / step).mean(dim=0)  # [M, B, N, Dt] -> [B, N]
+
+
 def zoo_prune(projected: torch.Tensor, sensitivity: torch.Tensor, keep: int) -> torch.Tensor:
     """ZOO-Prune's selection: max-min diversity over projected tokens [B, N, Dt], weighted by
     sensitivity [B, N] normalised per image. Kept indices [B, keep], ascending."""

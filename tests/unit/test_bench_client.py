@@ -121,3 +121,13 @@ def test_chat_role_chunk_is_not_the_first_token() -> None:
                                    max_duration_s=5, request_timeout_s=5, transport=httpx.MockTransport(handler)))
     (r,) = result.results
     assert r.ok and len(r.chunk_times_s) == 2 and r.output_tokens == 2
+
+
+def test_extra_body_rides_on_every_request_with_the_images() -> None:
+    """``--extra-body`` (a plugin's per-request options) is merged into each chat body, images kept in order."""
+    from benchmarks.bench.client import build_payload
+
+    endpoint = Endpoint("http://127.0.0.1:9", "m", api="chat", extra_body={"visual_pruning": {"keep": 0.1}})
+    payload = build_payload(endpoint, BenchRequest("Describe it.", 4, images=("data:image/png;base64,AA",)))
+    assert payload["visual_pruning"] == {"keep": 0.1}
+    assert payload["messages"][0]["content"][1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}

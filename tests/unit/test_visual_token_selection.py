@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -104,22 +106,53 @@ def test_top_k_stride_and_random_rules():
     assert torch.equal(first, first.sort(dim=1).values)
 
 
-@pytest.mark.parametrize(("batch", "count", "dim", "keep"), SHAPES)
-@pytest.mark.parametrize("weighted", [False, True])
-def test_triton_kernel_matches_the_reference(batch, count, dim, keep, weighted, monkeypatch):
-    """On a GPU for real; here through Triton's interpreter (same kernel code, numpy underneath)."""
-    if not torch.cuda.is_available():
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU and no interpreter")
+def triton_matches_reference() -> list[str]:
+    """Every shape, weighted or not: the Triton kernel's picks against the reference's (mismatches listed)."""
     from kernels.visual_token_selection.triton_kernels import max_min_diversity_triton
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    distances = vectorised.cosine_distances(_tokens(batch, count, dim, seed=count + 1)).to(device)
-    weights = torch.rand(batch, count, generator=torch.Generator().manual_seed(2)).to(device) if weighted else None
-    picks = max_min_diversity_triton(distances, keep, weights).cpu()
-    expected = [reference.max_min_diversity_reference(distances[i].cpu(), keep,
-                                                      None if weights is None else weights[i].cpu())
-                for i in range(batch)]
-    assert picks.tolist() == expected
+    mismatches = []
+    for batch, count, dim, keep in SHAPES:
+        for weighted in (False, True):
+            distances = vectorised.cosine_distances(_tokens(batch, count, dim, seed=count + 1)).to(device)
+            weights = torch.rand(batch, count, generator=torch.Generator().manual_seed(2)).to(device) if weighted else None
+            picks = max_min_diversity_triton(distances, keep, weights).cpu().tolist()
+            expected = [reference.max_min_diversity_reference(distances[i].cpu(), keep,
+                                                              None if weights is None else weights[i].cpu())
+                        for i in range(batch)]
+            if picks != expected:
+                mismatches.append(f"{(batch, count, dim, keep, weighted)}: {picks} != {expected}")
+    return mismatches
+
+
+def test_triton_kernel_matches_the_reference():
+    """On a GPU for real; on a CPU through Triton's interpreter (the same kernel code, numpy underneath), in a
+    fresh process: Triton reads TRITON_INTERPRET once, and other tests may have imported it already."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        assert triton_matches_reference() == []
+        return
+    code = "from tests.unit.test_visual_token_selection import triton_matches_reference as t; print(t())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_served_zoo_path_equals_the_black_box_reference():
+    """The model's ZOO path (first layer by linearity, engine/plugins/visual_pruning/selection.py) selects what the
+    reference selects when it perturbs the whole projector as a black box."""
+    from engine.plugins.visual_pruning.selection import ZOO_STEP, ProjectorMLP, select_tokens, zoo_directions
+
+    generator = torch.Generator().manual_seed(11)
+    projector = ProjectorMLP(torch.randn(12, 6, generator=generator) * 0.5, torch.randn(12, generator=generator),
+                             torch.randn(5, 12, generator=generator) * 0.5, torch.zeros(5))
+    features = torch.randn(2, 31, 6, generator=generator)
+    directions = zoo_directions(6, torch.device("cpu"))
+    fast = projector.sensitivity(features, directions, ZOO_STEP)
+    for image in range(2):
+        slow = reference.zoo_sensitivity_reference(features[image], projector, directions, ZOO_STEP)
+        torch.testing.assert_close(fast[image], slow, atol=2e-3, rtol=2e-3)
+    kept = select_tokens("zoo", 9, features, projector(features), projector)
+    assert kept.tolist() == [reference.zoo_prune_reference(features[i], projector(features[i]), projector, directions,
+                                                           ZOO_STEP, 9) for i in range(2)]

