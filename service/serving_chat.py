@@ -36,6 +36,10 @@ async def chat_inputs(body: ChatCompletionRequest, info: ModelInfo,
                               code="unsupported_modality")
         if modality == "video":
             raise bad_request("video input is not served yet", param=param, code="unsupported_modality")
+        if part.image_url.detail != "auto":  # nothing accepted and ignored: the processor has one resolution
+            raise bad_request(f"image_url.detail {part.image_url.detail!r} is not supported: this server reads every "
+                              "image at its model's one resolution (send \"auto\" or leave it out)",
+                              param=f"{param}.image_url.detail", code="unsupported_value")
     if len(parts) > limits.max_images:
         raise bad_request(f"{len(parts)} images in the request; this server accepts at most {limits.max_images}",
                           param="messages", code="too_many_images")

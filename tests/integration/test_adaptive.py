@@ -77,7 +77,10 @@ def test_hand_overs_are_seamless(adaptive_server, threshold):
     streamed, streamed_usage = _chat(adaptive_server, {"threshold": threshold}, stream=True)
     figures = usage["adaptive"]
     assert text == reference and streamed == reference
-    assert streamed_usage["adaptive"] == figures
+    # Who wrote what is deterministic; the catch-up is not: a hand-over's prefix-cache hits depend on whether
+    # the outgoing request's blocks were already cached when it arrived (timing, load).
+    deterministic = ("small_tokens", "large_tokens", "switches")
+    assert {key: streamed_usage["adaptive"][key] for key in deterministic} == {key: figures[key] for key in deterministic}
     assert figures["small_tokens"] + figures["large_tokens"] == usage["completion_tokens"]
     assert figures["switches"] > 0, figures
     # Prefix caching keeps the catch-up far below re-reading the whole context at every hand-over.

@@ -220,3 +220,26 @@ def test_a_text_only_model_refuses_images_and_pruning_options(client, server):
         client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=2, extra_body={"visual_pruning": {"keep": 0.5}})
     assert caught.value.body["param"] == "visual_pruning"
+
+
+def test_an_image_detail_the_server_cannot_honour_is_refused(vlm_server):
+    part = {"type": "image_url", "image_url": {"url": image_url(16, 16, seed=0), "detail": "high"}}
+    response = httpx.post(f"{vlm_server.base_url}/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": [part]}], "max_tokens": 2})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages[0].content[0].image_url.detail"
+
+
+def test_concurrent_requests_with_different_budgets_each_get_their_own(vlm, trace_dir):
+    """Images of several requests may share one encoder call: each keeps its own method and count."""
+    budgets = [{"method": "divprune", "keep": 0.1}, {"method": "cls", "keep": 20}, {"method": "zoo", "keep": 0.25},
+               {"method": "stride", "keep": 3}, {"enabled": False}]
+    expected = [58, 20, 144, 3, 576]
+    before = set(trace_dir.glob("*.pt"))
+    with ThreadPoolExecutor(len(budgets)) as pool:
+        responses = list(pool.map(lambda pair: ask(vlm, image_messages(image_url(90, 70, seed=20 + pair[0])), pair[1]),
+                                  enumerate(budgets)))
+    for response, kept in zip(responses, expected, strict=True):
+        assert response.usage.model_extra["visual_pruning"]["image_tokens_after"] == kept
+    traced = sorted(len(index) for trace in new_traces(trace_dir, before) for index in trace["kept"])
+    assert traced == sorted(expected)
