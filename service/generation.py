@@ -115,6 +115,8 @@ async def tracked_generation(
 def _record_tokens(
     stats: metrics.RequestStats, last_token_at: dict[int, float], delta: GenerationDelta, now: float,
 ) -> None:
+    if delta.expanded_prompt_tokens:
+        stats.prompt_tokens += delta.expanded_prompt_tokens  # image tokens the model read: as usage counts them
     count = len(delta.token_ids)
     if count == 0:
         return

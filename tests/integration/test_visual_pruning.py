@@ -202,8 +202,10 @@ def test_broken_images_are_400s_while_other_requests_flow(vlm, vlm_server):
 
 def test_metrics_count_image_tokens_before_and_after(vlm, vlm_server):
     before = scrape(vlm_server)
-    ask(vlm, image_messages(image_url(64, 64, seed=9)), {"method": "stride", "keep": 0.25})
+    usage = ask(vlm, image_messages(image_url(64, 64, seed=9)), {"method": "stride", "keep": 0.25}).usage
     after = scrape(vlm_server)
+    prompt = "leanserve_prompt_tokens_total"
+    assert sample(after, prompt, model=MODEL) - sample(before, prompt, model=MODEL) == usage.prompt_tokens
     name = "leanserve_visual_pruning_image_tokens_total"
     labels = {"model": MODEL, "method": "stride"}
     assert sample(after, name, stage="encoded", **labels) - sample(before, name, stage="encoded", **labels) == 576
