@@ -83,19 +83,13 @@ def new_traces(trace_dir: Path, before: set[Path]) -> list[dict]:
     return [torch.load(path, weights_only=False) for path in sorted(set(trace_dir.glob("*.pt")) - before)]
 
 
-def projector_fp32(model_dir: Path):
+def projector_fp32(model_dir: Path) -> selection.ProjectorMLP:
+    """The checkpoint's projector in float32, as the model holds it for ZOO-Prune."""
     from safetensors.torch import load_file
 
-    weights = {name: tensor.float() for name, tensor in load_file(model_dir / "model.safetensors").items()
-               if name.startswith("multi_modal_projector.")}
-
-    def project(features: torch.Tensor) -> torch.Tensor:
-        hidden = torch.nn.functional.linear(features.float(), weights["multi_modal_projector.linear_1.weight"],
-                                            weights["multi_modal_projector.linear_1.bias"])
-        return torch.nn.functional.linear(torch.nn.functional.gelu(hidden), weights["multi_modal_projector.linear_2.weight"],
-                                          weights["multi_modal_projector.linear_2.bias"])
-
-    return project
+    weights = load_file(model_dir / "model.safetensors")
+    return selection.ProjectorMLP(*(weights[f"multi_modal_projector.{name}"].float()
+                                    for name in ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias")))
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.1, 7])

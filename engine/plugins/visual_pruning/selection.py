@@ -12,6 +12,7 @@ Triton); this module only feeds each one the tensors its paper scores tokens by:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,9 @@ ZOO_SEED = 0
 RANDOM_SEED = 0
 
 
+@functools.cache
 def zoo_directions(dimension: int, device: torch.device) -> torch.Tensor:
-    """The fixed random directions [M, Dv] (isotropic Gaussian / sqrt(Dv)); the same for every image."""
+    """The fixed random directions [M, Dv] (isotropic Gaussian / sqrt(Dv)); the same for every image, drawn once."""
     generator = torch.Generator(device="cpu").manual_seed(ZOO_SEED)
     return (torch.randn(ZOO_DIRECTIONS, dimension, generator=generator) / dimension ** 0.5).to(device)
 
