@@ -69,10 +69,25 @@ class SamplingOptions:
 
 
 @dataclass(frozen=True)
+class EncodedVideo:
+    """A video as the client sent it (container bytes: MP4, WebM, ...), checked for size only.
+
+    The engine decodes it, sampling at most ``max_frames`` frames evenly, each at most
+    ``max_frame_pixels`` large: decoding and frame sampling belong to the model's side (vLLM's
+    video loader), and a video it cannot read is an ``InvalidRequestError`` naming ``param``.
+    """
+
+    data: bytes
+    max_frames: int
+    max_frame_pixels: int
+    param: str  # the request field it came from, e.g. "messages[0].content[1].video_url"
+
+
+@dataclass(frozen=True)
 class MultimodalItem:
     """One image or video of a prompt, in the order its placeholder appears in the tokens.
 
-    ``data`` is what the engine's processor takes (a decoded image, frames); ``options``
+    ``data`` is what the engine's processor takes (a decoded image) or an ``EncodedVideo``; ``options``
     are per-item settings a plugin reads (e.g. a visual-token budget).
     """
 

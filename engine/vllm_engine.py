@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from engine.protocol import (
     Prompt,
     StatsSink,
 )
+from engine.video_decoding import with_decoded_videos
 from engine.vllm_args import async_engine_args
 from engine.vllm_convert import (
     engine_queue_time,
@@ -109,6 +111,7 @@ class VllmEngine:
         first = True
         try:
             params = to_sampling_params(request.sampling, self._sampling_extra_args(request))
+            request = replace(request, prompt=await with_decoded_videos(request.prompt))  # plugins see the frames
             prompt = to_vllm_prompt(request.prompt, self._processor_kwargs(request))
             async for output in self._llm.generate(prompt, params, request.request_id):
                 queue_time = engine_queue_time(output) if first else None

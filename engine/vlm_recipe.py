@@ -24,10 +24,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.qwen_vl_recipe import IMAGE_MARKUP, QWEN2_5_VL_TOWER, TINY_QWEN_TOWER, VIDEO_MARKUP, QwenVisionTower
+
 IMAGE_TOKEN = "<image>"
 
-# ChatML, as SmolLM2 and Qwen2.5 use, with OpenAI-style content lists: an image part becomes
-# one <image> token, which vLLM's processor expands to the model's per-image token count.
+# ChatML, as SmolLM2 and Qwen2.5 use, with OpenAI-style content lists: an image (video) part
+# becomes the model's markup (LLaVA: one <image> token), whose placeholder token vLLM's processor
+# expands to the item's token count. ``image_markup`` and ``video_markup`` are set per model.
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- if loop.first and messages[0]['role'] != 'system' and default_system %}"
@@ -36,7 +39,8 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>' + message['role'] + '\\n' }}"
     "{%- if message['content'] is string %}{{- message['content'] }}"
     "{%- else %}{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'image' %}{{- '" + IMAGE_TOKEN + "' }}"
+    "{%- if part['type'] == 'image' %}{{- image_markup }}"
+    "{%- elif part['type'] == 'video' %}{{- video_markup }}"
     "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
     "{%- endfor %}{%- endif %}"
     "{{- '<|im_end|>\\n' }}"
@@ -69,18 +73,24 @@ TINY_336 = VisionTower(hidden_size=192, intermediate_size=768, num_layers=4, num
 
 @dataclass(frozen=True)
 class VlmRecipe:
-    """One buildable VLM: a catalogue text model, a tower, the saved dtype and the default system line."""
+    """One buildable VLM: a catalogue text model, a tower (whose kind names the architecture), the
+    saved dtype and the default system line."""
 
     name: str
     language_model: str  # a catalogue name
-    tower: VisionTower
+    tower: VisionTower | QwenVisionTower
     save_dtype: str = "float32"
     default_system: str = ""
     seed: int = 0
 
     def marker(self) -> str:
-        return json.dumps({"recipe": 1, "language_model": self.language_model, "tower": self.tower.__dict__,
+        return json.dumps({"recipe": 2 if self.is_qwen_vl else 1, "language_model": self.language_model,
+                           "tower": self.tower.__dict__,
                            "dtype": self.save_dtype, "seed": self.seed}, sort_keys=True)
+
+    @property
+    def is_qwen_vl(self) -> bool:
+        return isinstance(self.tower, QwenVisionTower)
 
 
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -94,11 +104,29 @@ VLM_RECIPES: dict[str, VlmRecipe] = {recipe.name: recipe for recipe in (
     VlmRecipe("llava-smollm2-135m-tiny", "SmolLM2-135M-Instruct", TINY_336, "float32", SMOLLM2_SYSTEM),
     # The largest language model this CPU prefills at a useful speed: image-token prefill benchmarks.
     VlmRecipe("llava-qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct", CLIP_L_336, "bfloat16", QWEN_SYSTEM),
+    # Qwen2.5-VL (images at their own resolution, video, EVS) around the real Qwen2.5-Coder-0.5B.
+    VlmRecipe("qwen2.5-vl-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct", QWEN2_5_VL_TOWER, "bfloat16", QWEN_SYSTEM),
+    VlmRecipe("qwen2.5-vl-coder-0.5b-tiny", "Qwen2.5-Coder-0.5B-Instruct", TINY_QWEN_TOWER, "bfloat16", QWEN_SYSTEM),
 )}
 
 
 def build_vlm(recipe: VlmRecipe, language_model_dir: Path, out_dir: Path) -> None:
     """Write the HF directory of ``recipe`` into ``out_dir`` (which must not exist yet)."""
+    if recipe.is_qwen_vl:
+        from engine.qwen_vl_recipe import build_qwen2_5_vl
+
+        build_qwen2_5_vl(recipe, language_model_dir, out_dir)
+        _write_chat_template(out_dir, recipe.default_system, IMAGE_MARKUP, VIDEO_MARKUP)
+    else:
+        _build_llava(recipe, language_model_dir, out_dir)
+        _write_chat_template(out_dir, recipe.default_system, IMAGE_TOKEN, "")
+    for generation_file in ("generation_config.json",):
+        source = language_model_dir / generation_file
+        if source.exists():
+            (out_dir / generation_file).write_text(source.read_text())
+
+
+def _build_llava(recipe: VlmRecipe, language_model_dir: Path, out_dir: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import (
@@ -148,11 +176,6 @@ def build_vlm(recipe: VlmRecipe, language_model_dir: Path, out_dir: Path) -> Non
         num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
     )
     processor.save_pretrained(out_dir)
-    _write_chat_template(out_dir, recipe.default_system)
-    for generation_file in ("generation_config.json",):
-        source = language_model_dir / generation_file
-        if source.exists():
-            (out_dir / generation_file).write_text(source.read_text())
 
 
 def _text_weights_with_image_row(weights: dict, image_token_id: int) -> dict:
@@ -195,9 +218,12 @@ def _under_vision_model(name: str) -> str:
     return name if name.startswith("vision_model.") else f"vision_model.{name}"
 
 
-def _write_chat_template(out_dir: Path, default_system: str) -> None:
-    """One template for tokenizer and processor, with the text model's default system line."""
-    template = "{%- set default_system = " + json.dumps(default_system) + " %}" + CHAT_TEMPLATE
+def _write_chat_template(out_dir: Path, default_system: str, image_markup: str, video_markup: str) -> None:
+    """One template for tokenizer and processor, with the text model's default system line and the
+    model's markup for an image and a video."""
+    template = "".join("{%- set " + name + " = " + json.dumps(value) + " %}" for name, value in (
+        ("default_system", default_system), ("image_markup", image_markup), ("video_markup", video_markup)))
+    template += CHAT_TEMPLATE
     (out_dir / "chat_template.jinja").write_text(template)
     for stale in ("chat_template.json",):
         (out_dir / stale).unlink(missing_ok=True)

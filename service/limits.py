@@ -12,6 +12,7 @@ from service.errors import bad_request
 from service.images import ImageLimits
 from service.protocol import ChatCompletionRequest, CompletionRequest
 from service.settings import Settings
+from service.videos import VideoLimits
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class RequestLimits:
     max_prompt_tokens: int | None
     max_tokens_limit: int | None
     images: ImageLimits
+    videos: VideoLimits
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
@@ -32,7 +34,7 @@ class RequestLimits:
             max_n=settings.max_n, max_prompts=settings.max_prompts,
             max_stop_sequences=settings.max_stop_sequences, max_logprobs=settings.max_logprobs,
             max_prompt_tokens=settings.max_prompt_tokens, max_tokens_limit=settings.max_tokens_limit,
-            images=ImageLimits.from_settings(settings),
+            images=ImageLimits.from_settings(settings), videos=VideoLimits.from_settings(settings),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -17,43 +18,48 @@ from service.images import ImageLimits, load_image
 from service.plugin_options import plugin_options
 from service.protocol import ChatCompletionRequest, ImageContentPart, TextContentPart
 from service.sse import DONE, encode_event, primed_event_stream
+from service.videos import VideoLimits, load_video
 
 
-async def chat_inputs(body: ChatCompletionRequest, info: ModelInfo,
-                      limits: ImageLimits) -> tuple[list[dict], tuple[MultimodalItem, ...]]:
-    """The messages as the chat template takes them, and the decoded images in placeholder order.
+async def chat_inputs(body: ChatCompletionRequest, info: ModelInfo, images: ImageLimits,
+                      videos: VideoLimits) -> tuple[list[dict], tuple[MultimodalItem, ...]]:
+    """The messages as the chat template takes them, and the images and videos in placeholder order.
 
-    A message with images keeps its parts in order (``{"type": "image"}`` where each image goes);
-    every other message is plain text. Images to a model that reads none, video (not served yet),
-    or more images than the server allows are 400s naming the part.
+    A message with media keeps its parts in order (``{"type": "image"}`` / ``{"type": "video"}``
+    where each goes); every other message is plain text. Media the model does not read, or more
+    images or videos than the server allows, are 400s naming the part.
     """
-    parts = [(m, i, part) for m, message in enumerate(body.messages) for i, part in message.media_parts()]
-    for m, i, part in parts:
-        param = f"messages[{m}].content[{i}]"
+    parts = [(f"messages[{m}].content[{i}]", part) for m, message in enumerate(body.messages)
+             for i, part in message.media_parts()]
+    for param, part in parts:
         modality = "image" if isinstance(part, ImageContentPart) else "video"
         if modality not in info.modalities:
             raise bad_request(f"model {info.name} does not accept {modality} input", param=param,
                               code="unsupported_modality")
-        if modality == "video":
-            raise bad_request("video input is not served yet", param=param, code="unsupported_modality")
-        if part.image_url.detail != "auto":  # nothing accepted and ignored: the processor has one resolution
+        if modality == "image" and part.image_url.detail != "auto":  # the processor has one resolution
             raise bad_request(f"image_url.detail {part.image_url.detail!r} is not supported: this server reads every "
                               "image at its model's one resolution (send \"auto\" or leave it out)",
                               param=f"{param}.image_url.detail", code="unsupported_value")
-    if len(parts) > limits.max_images:
-        raise bad_request(f"{len(parts)} images in the request; this server accepts at most {limits.max_images}",
-                          param="messages", code="too_many_images")
-    images = await asyncio.gather(*(load_image(part.image_url.url, limits, f"messages[{m}].content[{i}].image_url")
-                                    for m, i, part in parts))
+    counts = Counter("image" if isinstance(part, ImageContentPart) else "video" for _, part in parts)
+    for modality, limit in (("image", images.max_images), ("video", videos.max_videos)):
+        if counts[modality] > limit:
+            raise bad_request(f"{counts[modality]} {modality}s in the request; this server accepts at most {limit}",
+                              param="messages", code=f"too_many_{modality}s")
+    media = await asyncio.gather(*(
+        load_image(part.image_url.url, images, f"{param}.image_url") if isinstance(part, ImageContentPart)
+        else load_video(part.video_url.url, videos, f"{param}.video_url") for param, part in parts))
     messages = []
     for message in body.messages:
         if message.media_parts():
-            content = [{"type": "text", "text": part.text} if isinstance(part, TextContentPart) else {"type": "image"}
+            content = [{"type": "text", "text": part.text} if isinstance(part, TextContentPart)
+                       else {"type": "image" if isinstance(part, ImageContentPart) else "video"}
                        for part in message.content]
         else:
             content = message.text()
         messages.append({"role": message.role, "content": content})
-    return messages, tuple(MultimodalItem("image", image) for image in images)
+    items = tuple(MultimodalItem("image" if isinstance(part, ImageContentPart) else "video", data)
+                  for (_, part), data in zip(parts, media, strict=True))
+    return messages, items
 
 
 def _logprob_entry(entry: TokenLogprob) -> dict:
@@ -77,7 +83,8 @@ class ChatCompletionServing:
     async def create(self, body: ChatCompletionRequest, scope: RequestScope) -> JSONResponse | StreamingResponse:
         info = self._context.engine.info()
         options = plugin_options(body, info)
-        messages, media = await chat_inputs(body, info, self._context.limits.images)
+        limits = self._context.limits
+        messages, media = await chat_inputs(body, info, limits.images, limits.videos)
         prompt = await self._context.engine.render_chat(messages)
         if media:
             prompt = Prompt(prompt.token_ids, media)

@@ -79,9 +79,14 @@ class CoreSettings(BaseSettings):
     max_image_bytes: int = Field(8 * 1024 * 1024, gt=0, description="encoded size of one image")
     max_image_pixels: int = Field(4096 * 4096, gt=0, description="width x height of one image")
     max_image_aspect_ratio: float = Field(50.0, ge=1, description="longer side / shorter side")
-    remote_images: bool = Field(False, description="fetch http(s) image URLs (off: base64 data URLs only)")
+    max_videos_per_request: int = Field(1, ge=0, description="video parts in one chat request")
+    max_video_bytes: int = Field(8 * 1024 * 1024, gt=0, description="encoded size of one video (a data URL also "
+                                 "counts against --max-body-bytes)")
+    max_video_frames: int = Field(32, ge=2, le=768, description="frames sampled evenly from one video")
+    max_video_frame_pixels: int = Field(1920 * 1080, gt=0, description="width x height of one video frame")
+    remote_images: bool = Field(False, description="fetch http(s) image and video URLs (off: base64 data URLs only)")
     remote_image_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="comma-separated hosts remote images may come from (default: any public address)")
+        (), description="comma-separated hosts remote images and videos may come from (default: any public address)")
     remote_image_timeout_s: float = Field(5.0, gt=0, le=120)
 
     # Logs.

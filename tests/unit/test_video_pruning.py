@@ -1,0 +1,87 @@
+"""Video-token pruning (EVS): the flag's range, the models it applies to, the CPU runner's flags, and the
+token counts ``usage`` reports (the integration test checks them against what the model really read)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from engine.plugin import EngineContext, FinishedRequest
+from engine.plugins.video_pruning.cpu_runner import set_pruning_flags
+from engine.plugins.video_pruning.plugin import PLUGIN, VideoPruningSettings
+from engine.plugins.video_pruning.tokens import VideoGeometry, tokens_kept
+from engine.protocol import GenerationRequest, MultimodalItem, Prompt, SamplingOptions
+
+# Qwen2.5-VL's video processor as the recipe writes it: 14-px patches, 2x2 merge, 2 frames deep, <= 64 tokens/frame pair.
+GEOMETRY = VideoGeometry(patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=4 * 28 * 28,
+                         max_pixels=64 * 28 * 28)
+
+
+@pytest.mark.parametrize("rate", [0, 1, 1.5, -0.1])
+def test_the_rate_is_a_share_strictly_between_0_and_1(rate):
+    with pytest.raises(ValidationError):
+        VideoPruningSettings(video_pruning_rate=rate)
+    assert PLUGIN.enabled(VideoPruningSettings(video_pruning_rate=0.5))
+    assert not PLUGIN.enabled(VideoPruningSettings())
+
+
+def test_the_token_grid_follows_the_processor_resize():
+    # 240x320 is 76800 px > 50176: scaled by sqrt(76800/50176) and floored to 28 px -> 168x252 -> 6x9 tokens;
+    # 16 frames -> 8 frame pairs; an odd count is padded to a whole pair.
+    assert GEOMETRY.token_grid(16, 240, 320) == (8, 54)
+    assert GEOMETRY.token_grid(15, 240, 320) == (8, 54)
+    assert GEOMETRY.token_grid(4, 56, 56) == (2, 4)  # already a multiple of 28 and within the budget
+
+
+def test_evs_keeps_its_share_but_never_less_than_one_frame_pair():
+    assert tokens_kept(8, 54, 0.75) == 108
+    assert tokens_kept(8, 54, 0.99) == 54
+    assert tokens_kept(8, 54, 0.0) == 432
+
+
+def _context(tmp_path: Path, architectures: list[str]) -> EngineContext:
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": architectures}))
+    return EngineContext("m", str(tmp_path), tmp_path, lambda name: name)
+
+
+def test_models_vllm_cannot_prune_video_of_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="LlavaForConditionalGeneration"):
+        PLUGIN.engine_args(VideoPruningSettings(video_pruning_rate=0.5),
+                           _context(tmp_path, ["LlavaForConditionalGeneration"]))
+    args = PLUGIN.engine_args(VideoPruningSettings(video_pruning_rate=0.5),
+                              _context(tmp_path, ["Qwen2_5_VLForConditionalGeneration"]))
+    assert args == {"video_pruning_rate": 0.5, "hf_overrides": {"architectures": ["LeanserveEvsQwen2_5_VL"]}}
+
+
+def test_the_runner_gets_the_flags_the_gpu_runner_sets():
+    def runner(model: object, rate: float | None) -> SimpleNamespace:
+        mm_config = SimpleNamespace(is_multimodal_pruning_enabled=lambda: rate is not None)
+        return SimpleNamespace(get_model=lambda: model, model_config=SimpleNamespace(multimodal_config=mm_config))
+
+    prunable = SimpleNamespace(supports_multimodal_pruning=True)
+    for model, rate, expected in [(prunable, 0.5, True), (prunable, None, False),
+                                  (SimpleNamespace(), 0.5, False)]:
+        target = runner(model, rate)
+        set_pruning_flags(target)
+        assert target.is_multimodal_pruning_enabled is expected
+        assert target.requires_sequential_video_encoding is False
+
+
+def test_usage_counts_video_tokens_before_and_after(tmp_path):
+    (tmp_path / "processor_config.json").write_text(json.dumps({"video_processor": {
+        "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+        "size": {"shortest_edge": 4 * 28 * 28, "longest_edge": 64 * 28 * 28}}}))
+    settings = VideoPruningSettings(video_pruning_rate=0.75)
+    PLUGIN.engine_args(settings, _context(tmp_path, ["Qwen2_5_VLForConditionalGeneration"]))
+    frames = np.zeros((16, 240, 320, 3), dtype=np.uint8)
+    prompt = Prompt([1], (MultimodalItem("video", (frames, {"fps": 8.0})), MultimodalItem("image", object())))
+    request = GenerationRequest("r", prompt, SamplingOptions(max_tokens=1))
+    accounting = PLUGIN.request_finished(settings, None, FinishedRequest(request, (1,), None))
+    assert accounting.usage == {"video_tokens_before": 432, "video_tokens_after": 108, "video_tokens_saved": 324}
+    no_video = GenerationRequest("r", Prompt([1]), SamplingOptions(max_tokens=1))
+    assert PLUGIN.request_finished(settings, None, FinishedRequest(no_video, (1,), None)) is None
