@@ -85,3 +85,45 @@ def test_usage_counts_video_tokens_before_and_after(tmp_path):
     assert accounting.usage == {"video_tokens_before": 432, "video_tokens_after": 108, "video_tokens_saved": 324}
     no_video = GenerationRequest("r", Prompt([1]), SamplingOptions(max_tokens=1))
     assert PLUGIN.request_finished(settings, None, FinishedRequest(no_video, (1,), None)) is None
+
+
+def _feature(modality: str, offset: int, length: int, grid: tuple[int, int, int]) -> SimpleNamespace:
+    import torch
+
+    data = {f"{modality}_grid_thw": SimpleNamespace(data=torch.tensor(grid))}
+    return SimpleNamespace(modality=modality, mm_position=SimpleNamespace(offset=offset, length=length), data=data)
+
+
+def _layout(tokens: int, features: list) -> tuple:
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    from engine.plugins.video_pruning.qwen2_5_vl import EvsQwen2_5_VLForConditionalGeneration
+
+    model = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2,
+                                                                                 tokens_per_second=2)))
+    model.iter_mm_grid_thw = lambda found: Qwen2_5_VLForConditionalGeneration.iter_mm_grid_thw(model, found)
+    ours = EvsQwen2_5_VLForConditionalGeneration.get_mrope_input_positions(model, [0] * tokens, features)
+    return model, ours
+
+
+def test_initial_positions_follow_the_placeholders_each_item_has():
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    # Unpruned: an image (1x4x6 patches -> 2x3 = 6 tokens) and a video (4 groups of 6): vLLM's own layout.
+    unpruned = [_feature("image", 3, 6, (1, 4, 6)), _feature("video", 12, 24, (4, 4, 6))]
+    model, (positions, delta) = _layout(40, unpruned)
+    vllm_positions, vllm_delta = Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions(model, [0] * 40,
+                                                                                              unpruned)
+    assert positions.tolist() == vllm_positions.tolist() and delta == vllm_delta
+    # The video pruned to 6 placeholders, an image right after it: vLLM's layout dies, ours covers every token
+    # and keeps the text after each item past that item's positions (the runner then rewrites media positions).
+    pruned = [_feature("video", 3, 6, (4, 4, 6)), _feature("image", 11, 6, (1, 4, 6))]
+    with pytest.raises(ValueError):
+        Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions(model, [0] * 20, pruned)
+    _, (positions, delta) = _layout(20, pruned)
+    assert positions.shape == (3, 20)
+    text = [*range(0, 3), *range(9, 11), *range(17, 20)]
+    text_positions = positions[0, text].tolist()
+    assert text_positions == sorted(text_positions) and len(set(text_positions)) == len(text)
+    assert positions[:, 11:17].min() > positions[:, 10].max()
+    assert delta == int(positions.max()) + 1 - 20

@@ -37,7 +37,9 @@ METRICS = "deploy/ (dashboard, alerts) + tests/integration/test_metrics.py"
 PLUGINS = "engine/registry.py (pyproject's vllm.general_plugins entry point) -> every plugin's register_in_vllm"
 SPARSE = "next plugin: token-sparse prefill (shared/VLLM_INTERNALS.md)"
 VISUAL = "engine/plugins/visual_pruning/llava.py (the pruned LLaVA model, processor and [CLS] probe)"
-VISUAL_NEXT = "next: Qwen2.5-VL pruning and EVS on the CPU runner (shared/VLLM_INTERNALS.md)"
+VISUAL_NEXT = "next: fixed-k image pruning for Qwen2.5-VL (shared/VLLM_INTERNALS.md)"
+VIDEO = "engine/plugins/video_pruning/ (EVS on the CPU runner, the Qwen2.5-VL position fix, token counts)"
+DECODE = "engine/video_decoding.py (video_url parts through vLLM's video loader)"
 ENTROPY = "next plugin: entropy-adaptive switching (shared/VLLM_INTERNALS.md)"
 NEXT_SPEC = "next plugin: EAGLE-3 / parallel drafting / per-batch K (shared/VLLM_INTERNALS.md)"
 
@@ -73,7 +75,15 @@ SIGNATURES = [
           ("vllm.v1.attention.backends.registry:register_backend", "backend class_path"),
           ("vllm.model_executor.models.utils:extract_layer_index", "layer_name")),
     *each(f"{SPARSE}; {VISUAL}", ("vllm.model_executor.models:ModelRegistry.register_model", "model_arch model_cls")),
-    *each(VISUAL, ("vllm.multimodal:MULTIMODAL_REGISTRY.register_processor", "processor info dummy_inputs")),
+    *each(f"{VISUAL}; {VIDEO}", ("vllm.multimodal:MULTIMODAL_REGISTRY.register_processor",
+                                 "processor info dummy_inputs")),
+    *each(VIDEO, ("vllm.v1.worker.cpu_model_runner:CPUModelRunner.load_model", "load_dummy_weights"),
+          ("vllm.model_executor.models.interfaces:supports_multimodal_pruning", "model"),
+          ("vllm.multimodal.video_prune.evs:compute_retained_tokens_count", "tokens_per_frame num_frames q"),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions", "input_tokens mm_features"),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration.iter_mm_grid_thw", "mm_features")),
+    *each(DECODE, ("vllm.multimodal.video_decoders.opencv:OpenCVVideoBackendMixin.open_video_capture", "data"),
+          ("vllm.multimodal.video:VideoBackend.load_bytes", "data num_frames")),
     *each(ENTROPY, ("vllm.engine.arg_utils:AsyncEngineArgs", "additional_config"),
           (f"{LOGITS}:LogitsProcessor.__init__", "vllm_config device is_pin_memory"),
           (f"{LOGITS}:LogitsProcessor.apply", "logits"), (f"{LOGITS}:LogitsProcessor.update_state", "batch_update")),
@@ -117,8 +127,14 @@ ATTRIBUTES = [
           ("vllm.config:ModelConfig", "is_multimodal_model multimodal_config"),
           ("vllm.config.multimodal:MultiModalConfig", "get_limit_per_prompt"),
           ("vllm.multimodal:MULTIMODAL_REGISTRY", "get_processing_info")),
-    *each(VISUAL_NEXT, (f"{QWEN_VL}:Qwen2_5_VLMultiModalProcessor", "_get_prompt_updates"),
-          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration", "get_mrope_input_positions recompute_mrope_positions")),
+    *each(VISUAL_NEXT, (f"{QWEN_VL}:Qwen2_5_VLMultiModalProcessor", "_get_prompt_updates")),
+    *each(VIDEO, (f"{QWEN_VL}", "Qwen2_5_VLMultiModalProcessor Qwen2_5_VLProcessingInfo Qwen2_5_VLDummyInputsBuilder"),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration", "recompute_mrope_positions supports_multimodal_pruning"),
+          ("vllm.engine.arg_utils:AsyncEngineArgs", "video_pruning_rate hf_overrides"),
+          ("vllm.config.multimodal:MultiModalConfig", "video_pruning_rate is_multimodal_pruning_enabled"),
+          ("vllm.model_executor.models:ModelRegistry", "models get_supported_archs register_model"),
+          ("vllm.multimodal.inputs:PlaceholderRange", "offset length")),
+    *each(DECODE, ("vllm.multimodal.video:VIDEO_LOADER_REGISTRY", "load")),
     *each(ENTROPY, ("vllm.config:VllmConfig", "additional_config"),
           (f"{LOGITS}:LogitsProcessor", "validate_params is_argmax_invariant"),
           (f"{LOGITS}:BatchUpdate", "batch_size removed added moved")),
@@ -132,6 +148,16 @@ SOURCES = [
            "out = self.attn(query_states, key_states, value_states)"),  # the [CLS] probe's pre-hook arguments
           (f"{LLAVA}:LlavaMultiModalProjector.__init__", "self.linear_1 = ColumnParallelLinear("),
           (f"{LLAVA}:LlavaMultiModalProjector.__init__", "self.linear_2 = RowParallelLinear(")),
+    *each(VIDEO, ("vllm.v1.worker.gpu_model_runner:GPUModelRunner.load_model",  # what cpu_runner.py mirrors
+                  "self.is_multimodal_pruning_enabled = ( supports_multimodal_pruning(self.get_model())"),
+          ("vllm.v1.worker.gpu_model_runner:GPUModelRunner.load_model",
+           'self.requires_sequential_video_encoding = hasattr( self.get_model(), "requires_sequential_video_encoding" )'),
+          ("vllm.v1.worker.gpu_model_runner:GPUModelRunner._gather_mm_embeddings",  # strips the position channels
+           "if self.is_multimodal_pruning_enabled and self.uses_mrope:"),
+          (f"{QWEN_VL}:Qwen2_5_VLMultiModalProcessor._get_prompt_updates",  # the placeholders EVS reserves
+           "num_tokens = compute_retained_tokens_count("),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions",  # the bug qwen2_5_vl.py fixes
+           "st = offset + llm_grid_t * llm_grid_h * llm_grid_w")),
     *each(ENGINE, (f"{LLM}.__init__", "self.model_config ="),  # an instance attribute
           (f"{LLM}.generate", "except (asyncio.CancelledError, GeneratorExit): if q is not None: await self.abort("),
           ("vllm.exceptions:VLLMValidationError.__init__", "self.parameter = parameter")),  # InvalidRequestError.param
