@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--api-key", default=os.environ.get("LEANSERVE_BENCH_API_KEY"),
                         help="bearer token sent to every target (env LEANSERVE_BENCH_API_KEY)")
     target.add_argument("--endpoint", choices=("completions", "chat"), default="completions",
-                        help="/v1/completions (default) or /v1/chat/completions; images force chat")
+                        help="/v1/completions (default) or /v1/chat/completions; images, videos force chat")
     target.add_argument("--allow-remote", action="store_true", help="permit non-loopback base URLs")
 
     data = parser.add_argument_group("dataset")
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--long-lengths", default=",".join(map(str, datasets.DEFAULT_LONG_LENGTHS)),
                       help="prompt lengths in tokens for --dataset long, cycled")
     data.add_argument("--image-sizes", default="224x224,448x448,896x896", help="WxH list for --dataset images")
+    data.add_argument("--video-sizes", default="320x240,640x360", help="WxH list for --dataset videos")
+    data.add_argument("--video-frames", type=int, default=16, help="frames of each --dataset videos clip (8 fps)")
     data.add_argument("--tokenizer", help="tokenizer dir for building prompts (default: the default model's)")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--data-cache", type=Path, help="where corpora are downloaded (default ~/.cache/leanserve/bench)")
@@ -166,6 +168,9 @@ def build_requests(args: argparse.Namespace, seed: int, num: int, tokenizer) -> 
         return datasets.humaneval_requests(num, args.output_len, seed, args.data_cache)
     if args.dataset == "chat":
         return datasets.chat_requests(num, args.output_len, seed)
+    if args.dataset == "videos":
+        return datasets.video_requests(num, datasets.parse_sizes(args.video_sizes), args.video_frames,
+                                       args.output_len, seed)
     return datasets.image_requests(num, datasets.parse_sizes(args.image_sizes), args.output_len, seed)
 
 
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     remote = [u for u in urls if not is_loopback_url(u)]
     if remote and not args.allow_remote:
         parser.error(f"refusing non-loopback targets {remote}: pass --allow-remote to load-test them")
-    if args.dataset in ("images", "chat"):
+    if args.dataset in ("images", "videos", "chat"):
         args.endpoint = "chat"
     if args.num_requests <= 0:
         parser.error("--num-requests must be positive")

@@ -97,9 +97,10 @@ def build_payload(endpoint: Endpoint, request: BenchRequest) -> dict:
         payload["ignore_eos"] = True
     if endpoint.api == "chat":
         content: str | list = request.prompt
-        if request.images:
+        if request.images or request.videos:
             content = [{"type": "text", "text": request.prompt},
-                       *({"type": "image_url", "image_url": {"url": url}} for url in request.images)]
+                       *({"type": "image_url", "image_url": {"url": url}} for url in request.images),
+                       *({"type": "video_url", "video_url": {"url": url}} for url in request.videos)]
         payload["messages"] = [{"role": "user", "content": content}]
     else:
         payload["prompt"] = request.prompt

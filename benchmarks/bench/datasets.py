@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.bench import sources
 from benchmarks.bench.chat_prompts import CHAT_PROMPTS
 
-DATASETS = ("random", "austen", "humaneval", "long", "images", "chat")
+DATASETS = ("random", "austen", "humaneval", "long", "images", "videos", "chat")
 DEFAULT_LONG_LENGTHS = (4096, 8192, 16384, 32768)
 
 
@@ -37,12 +37,13 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True)
 class BenchRequest:
-    """One request of a set: a text prompt (completions) or user turn (chat), plus optional images."""
+    """One request of a set: a text prompt (completions) or user turn (chat), plus optional images or videos."""
 
     prompt: str
     max_tokens: int
     prompt_len: int | None = None  # by the bench's tokenizer; the server's usage count is what is reported
     images: tuple[str, ...] = ()   # data URLs: only sent on /v1/chat/completions
+    videos: tuple[str, ...] = ()   # data URLs (MP4), likewise
     source: str = ""
 
 
@@ -174,10 +175,52 @@ def image_requests(num: int, sizes: Sequence[tuple[int, int]], output_len: int, 
     return requests
 
 
+def make_video(width: int, height: int, frames: int, fps: float, rng: np.random.Generator) -> str:
+    """A generated MP4 as a ``data:`` URL: a still scene (gradient, shapes) with one shape drifting across it,
+    the kind of clip EVS is for (most patches static from one frame to the next)."""
+    import os
+    import tempfile
+
+    import cv2
+    from PIL import Image
+
+    scene = np.asarray(Image.open(io.BytesIO(base64.b64decode(make_image(width, height, rng).split(",", 1)[1]))))
+    size = max(8, min(width, height) // 6)
+    colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+    y = int(rng.integers(0, max(1, height - size)))
+    handle, path = tempfile.mkstemp(suffix=".mp4")
+    os.close(handle)
+    try:
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        for index in range(frames):
+            frame = scene[..., ::-1].copy()  # RGB -> OpenCV's BGR
+            x = int((width - size) * index / max(1, frames - 1))
+            frame[y:y + size, x:x + size] = colour
+            writer.write(frame)
+        writer.release()
+        with open(path, "rb") as file:
+            return "data:video/mp4;base64," + base64.b64encode(file.read()).decode()
+    finally:
+        os.unlink(path)
+
+
+def video_requests(num: int, sizes: Sequence[tuple[int, int]], frames: int, output_len: int,
+                   seed: int) -> list[BenchRequest]:
+    """Chat turns with one generated video each (``frames`` frames at 8 fps), sizes cycling over ``sizes``."""
+    rng = np.random.default_rng(seed)
+    requests = []
+    for i in range(num):
+        width, height = sizes[i % len(sizes)]
+        requests.append(BenchRequest("Describe what moves in this video.", output_len,
+                                     videos=(make_video(width, height, frames, 8.0, rng),),
+                                     source=f"video-{width}x{height}x{frames}"))
+    return requests
+
+
 def save_jsonl(requests: Sequence[BenchRequest], path: Path) -> None:
     """vLLM's ``custom`` dataset format, to replay the identical set with ``vllm bench serve``."""
-    if any(r.images for r in requests):
-        raise ValueError("image requests cannot be exported to vLLM's custom (text) format")
+    if any(r.images or r.videos for r in requests):
+        raise ValueError("image and video requests cannot be exported to vLLM's custom (text) format")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as out:
         out.writelines(json.dumps({"prompt": request.prompt, "output_tokens": request.max_tokens}) + "\n" for request in requests)

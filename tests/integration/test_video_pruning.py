@@ -129,14 +129,35 @@ def test_broken_videos_are_400s_while_other_requests_flow(qwen_vl, qwen_vl_serve
     assert httpx.get(f"{qwen_vl_server.base_url}/health", timeout=10).status_code == 200
 
 
-def test_more_videos_than_allowed_and_per_request_options_are_refused(qwen_vl_server):
+def test_more_videos_than_allowed_and_bad_rates_are_400s_naming_the_field(qwen_vl_server):
     url = video_data_url(mp4_bytes(frames=2, width=64, height=64))
     for body, param in [({"messages": messages(video_part(url), video_part(url))}, "messages"),
-                        ({"messages": messages(), "video_pruning": {"rate": 0.5}}, "video_pruning.rate")]:
+                        ({"messages": messages(), "video_pruning": {"rate": 1.0}}, "video_pruning.rate"),
+                        ({"messages": messages(), "video_pruning": {"rate": -0.1}}, "video_pruning.rate"),
+                        ({"messages": messages(), "video_pruning": {"ratio": 0.5}}, "video_pruning.ratio")]:
         response = httpx.post(f"{qwen_vl_server.base_url}/v1/chat/completions", timeout=60,
                               json={"model": MODEL, "max_tokens": 2, **body})
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == param
+
+
+def test_concurrent_requests_each_get_their_own_rate(qwen_vl, text_only_prompt_tokens):
+    """Videos of several requests may share one encoder call: each is pruned at its own request's rate."""
+    options = [{"rate": 0.5}, {"enabled": False}, None, {"rate": 0.9}, {"rate": 0.0}]
+    # EVS keeps int(432 x (1 - rate)) tokens, never fewer than one frame pair (54).
+    expected = [216, VIDEO_TOKENS_BEFORE, VIDEO_TOKENS_AFTER, 54, VIDEO_TOKENS_BEFORE]
+
+    def ask_with(pair: tuple[int, dict | None]):
+        index, option = pair
+        return qwen_vl.chat.completions.create(
+            model=MODEL, messages=messages(video_part(video_data_url(mp4_bytes(seed=40 + index)))), max_tokens=2,
+            temperature=0, extra_body={"video_pruning": option} if option is not None else None)
+
+    with ThreadPoolExecutor(len(options)) as pool:
+        responses = list(pool.map(ask_with, enumerate(options)))
+    for response, kept in zip(responses, expected, strict=True):
+        assert response.usage.model_extra["video_pruning"]["video_tokens_after"] == kept
+        assert response.usage.prompt_tokens == text_only_prompt_tokens + MARKUP + kept
 
 
 def test_metrics_count_video_tokens_before_and_after(qwen_vl, qwen_vl_server):

@@ -131,3 +131,5 @@ def test_extra_body_rides_on_every_request_with_the_images() -> None:
     payload = build_payload(endpoint, BenchRequest("Describe it.", 4, images=("data:image/png;base64,AA",)))
     assert payload["visual_pruning"] == {"keep": 0.1}
     assert payload["messages"][0]["content"][1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
+    video = build_payload(endpoint, BenchRequest("What moves?", 4, videos=("data:video/mp4;base64,AA",)))
+    assert video["messages"][0]["content"][1] == {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AA"}}

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -132,3 +133,23 @@ def test_humaneval_from_the_wheel() -> None:
     reqs = datasets.humaneval_requests(170, 32, seed=0)
     assert reqs == datasets.humaneval_requests(170, 32, seed=0)
     assert len({r.source for r in reqs}) == 164 and all("def " in r.prompt for r in reqs)
+
+
+def test_videos_are_mp4s_of_the_given_sizes_with_one_moving_shape() -> None:
+    import cv2
+    import numpy as np
+
+    reqs = datasets.video_requests(2, datasets.parse_sizes("96x64,64"), frames=6, output_len=8, seed=0)
+    assert [r.source for r in reqs] == ["video-96x64x6", "video-64x64x6"]
+    assert not any(r.images for r in reqs)
+    path = Path(tempfile.mkdtemp()) / "clip.mp4"
+    path.write_bytes(base64.b64decode(reqs[0].videos[0].split(",", 1)[1]))
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while (frame := capture.read())[0]:
+        frames.append(frame[1].astype(int))
+    assert len(frames) == 6 and frames[0].shape == (64, 96, 3)
+    changed = np.abs(frames[-1] - frames[0]).sum(axis=2) > 60  # the shape moved; the scene did not
+    assert 0.02 < changed.mean() < 0.5
+    with pytest.raises(ValueError):
+        datasets.save_jsonl(reqs, Path(tempfile.mkdtemp()) / "v.jsonl")

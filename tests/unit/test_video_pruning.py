@@ -127,3 +127,17 @@ def test_initial_positions_follow_the_placeholders_each_item_has():
     assert text_positions == sorted(text_positions) and len(set(text_positions)) == len(text)
     assert positions[:, 11:17].min() > positions[:, 10].max()
     assert delta == int(positions.max()) + 1 - 20
+
+
+def test_a_request_may_change_the_rate_or_turn_pruning_off():
+    from engine.plugins.video_pruning.plugin import VideoPruningOptions, request_rate
+
+    settings = VideoPruningSettings(video_pruning_rate=0.75)
+    assert request_rate(settings, None) == 0.75
+    assert request_rate(settings, VideoPruningOptions(rate=0.5)) == 0.5
+    assert request_rate(settings, VideoPruningOptions(rate=0.0)) == 0.0
+    assert request_rate(settings, VideoPruningOptions(enabled=False)) == 0.0
+    for bad in ({"rate": 1.0}, {"rate": -0.5}, {"ratio": 0.5}):
+        with pytest.raises(ValidationError):
+            VideoPruningOptions.model_validate(bad)
+    assert PLUGIN.processor_args(settings, None) is None  # the server's rate, from vLLM's configuration

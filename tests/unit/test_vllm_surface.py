@@ -127,7 +127,11 @@ ATTRIBUTES = [
           ("vllm.config:ModelConfig", "is_multimodal_model multimodal_config"),
           ("vllm.config.multimodal:MultiModalConfig", "get_limit_per_prompt"),
           ("vllm.multimodal:MULTIMODAL_REGISTRY", "get_processing_info")),
-    *each(VISUAL_NEXT, (f"{QWEN_VL}:Qwen2_5_VLMultiModalProcessor", "_get_prompt_updates")),
+    *each(f"{VISUAL_NEXT}; {VIDEO}", (f"{QWEN_VL}:Qwen2_5_VLMultiModalProcessor",
+                                      "_get_prompt_updates _call_hf_processor _get_mm_fields_config")),
+    *each(VIDEO, (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration",
+                  "embed_multimodal _postprocess_video_embeds_evs"),
+          ("vllm.multimodal.processing:PromptReplacement", "modality target replacement")),
     *each(VIDEO, (f"{QWEN_VL}", "Qwen2_5_VLMultiModalProcessor Qwen2_5_VLProcessingInfo Qwen2_5_VLDummyInputsBuilder"),
           (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration", "recompute_mrope_positions supports_multimodal_pruning"),
           ("vllm.engine.arg_utils:AsyncEngineArgs", "video_pruning_rate hf_overrides"),
@@ -157,7 +161,17 @@ SOURCES = [
           (f"{QWEN_VL}:Qwen2_5_VLMultiModalProcessor._get_prompt_updates",  # the placeholders EVS reserves
            "num_tokens = compute_retained_tokens_count("),
           (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions",  # the bug qwen2_5_vl.py fixes
-           "st = offset + llm_grid_t * llm_grid_h * llm_grid_w")),
+           "st = offset + llm_grid_t * llm_grid_h * llm_grid_w"),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration.__init__",  # an instance attribute
+           "self.video_pruning_rate = multimodal_config.video_pruning_rate"),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration._postprocess_video_embeds_evs",  # per-video rate, per call
+           "q=self.video_pruning_rate"),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration._postprocess_video_embeds_evs",
+           'grid_thw = video_input["video_grid_thw"]'),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration._postprocess_video_embeds_evs",
+           'second_per_grid_ts = video_input.get("second_per_grid_ts")'),
+          (f"{QWEN_VL}:Qwen2_5_VLForConditionalGeneration.embed_multimodal",
+           "video_embeddings = self._postprocess_video_embeds_evs( video_embeddings, multimodal_input )")),
     *each(ENGINE, (f"{LLM}.__init__", "self.model_config ="),  # an instance attribute
           (f"{LLM}.generate", "except (asyncio.CancelledError, GeneratorExit): if q is not None: await self.abort("),
           ("vllm.exceptions:VLLMValidationError.__init__", "self.parameter = parameter")),  # InvalidRequestError.param

@@ -7,8 +7,10 @@ engine at the first video, which ``cpu_runner.py`` fixes from inside vLLM's proc
 is the share of each video's tokens dropped (the first frame group is always kept whole);
 ``usage.video_pruning`` reports video tokens before and after, and the metrics count them.
 
-vLLM reads the rate from its engine configuration only, so it is a server flag. The request field
-``video_pruning`` takes no option: any is a 400 naming it, never accepted and then ignored.
+vLLM reads the rate from its engine configuration only; for Qwen2.5-VL the plugin serves a subclass
+(qwen2_5_vl.py) that takes a rate per request as well: ``extra_body={"video_pruning": {"rate": 0.9}}``
+or ``{"enabled": false}`` for every token. The server's flag stays the default and must be set: it is
+what turns vLLM's EVS path on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.plugin import EngineContext, FinishedRequest, Plugin, RequestAccounting
 from engine.plugins.video_pruning.stats import METRICS, VIDEO_TOKENS, VIDEOS
 from engine.plugins.video_pruning.tokens import VideoGeometry, tokens_kept
-from engine.protocol import MetricUpdate
+from engine.protocol import InvalidRequestError, MetricUpdate
 
 METHOD = "evs"
 QWEN2_5_VL = "Qwen2_5_VLForConditionalGeneration"
@@ -37,9 +39,12 @@ class VideoPruningSettings(BaseModel):
 
 
 class VideoPruningOptions(BaseModel):
-    """Per request: nothing yet (vLLM applies one rate to every video); every field is refused."""
+    """Per request (``extra_body={"video_pruning": {...}}``): another rate, or no pruning."""
 
     model_config = ConfigDict(extra="forbid")
+
+    rate: float | None = Field(None, ge=0, lt=1, description="share of each video's tokens dropped (0: none)")
+    enabled: bool = True
 
 
 class VideoPruningPlugin(Plugin):
@@ -50,6 +55,7 @@ class VideoPruningPlugin(Plugin):
 
     def __init__(self) -> None:
         self._geometry: VideoGeometry | None = None  # the served model's video processor, read at planning
+        self._per_request = False  # whether the served model takes a rate per request (Qwen2.5-VL, our subclass)
 
     def enabled(self, settings: VideoPruningSettings) -> bool:
         return settings.video_pruning_rate is not None
@@ -65,6 +71,7 @@ class VideoPruningPlugin(Plugin):
             from engine.plugins.video_pruning.qwen2_5_vl import ARCHITECTURE
 
             args["hf_overrides"] = {"architectures": [ARCHITECTURE]}
+        self._per_request = QWEN2_5_VL in architectures
         return args
 
     def register_in_vllm(self, settings: VideoPruningSettings) -> None:
@@ -77,22 +84,42 @@ class VideoPruningPlugin(Plugin):
         if ARCHITECTURE not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
 
+    def processor_args(self, settings: VideoPruningSettings, options: BaseModel | None) -> dict[str, Any] | None:
+        if not isinstance(options, VideoPruningOptions) or (options.rate is None and options.enabled):
+            return None  # the server's rate, which vLLM's configuration holds
+        if not self._per_request:
+            raise InvalidRequestError("this model prunes video at the server's --video-pruning-rate only",
+                                      param="video_pruning")
+        from engine.plugins.video_pruning.qwen2_5_vl import RATE_KEY
+
+        return {RATE_KEY: request_rate(settings, options)}
+
     def request_finished(self, settings: VideoPruningSettings, options: BaseModel | None,
                          finished: FinishedRequest) -> RequestAccounting | None:
         videos = [item.data for item in finished.request.prompt.multimodal if item.modality == "video"]
         if not videos or self._geometry is None or settings.video_pruning_rate is None:
             return None
+        rate = request_rate(settings, options)
         before = after = 0
         for frames, _metadata in videos:  # decoded: [T, H, W, 3] frames and vLLM's metadata
             groups, per_group = self._geometry.token_grid(*frames.shape[:3])
             before += groups * per_group
-            after += tokens_kept(groups, per_group, settings.video_pruning_rate)
+            after += tokens_kept(groups, per_group, rate)
         method = (METHOD,)
         return RequestAccounting(
             usage={"video_tokens_before": before, "video_tokens_after": after, "video_tokens_saved": before - after},
             updates=(MetricUpdate(VIDEOS, len(videos), method), MetricUpdate(VIDEO_TOKENS, before, (*method, "encoded")),
                      MetricUpdate(VIDEO_TOKENS, after, (*method, "kept"))),
         )
+
+
+def request_rate(settings: VideoPruningSettings, options: BaseModel | None) -> float:
+    """The server's rate, with what the request changed (0: every token)."""
+    if not isinstance(options, VideoPruningOptions):
+        return settings.video_pruning_rate or 0.0
+    if not options.enabled:
+        return 0.0
+    return options.rate if options.rate is not None else settings.video_pruning_rate or 0.0
 
 
 def _architectures(model_path: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Qwen2.5-VL with EVS that survives a pruned video followed by more media (imported only in vLLM's processes).
+"""Qwen2.5-VL with EVS at a per-request rate, surviving media after a pruned video (imported only in vLLM's processes).
 
 vLLM 0.32's ``Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions`` lays out each item's
 M-RoPE positions as if it had all ``t × h × w`` placeholders. A video EVS pruned has fewer, so the
@@ -10,11 +10,19 @@ positions are provisional either way: once the encoder has run, the runner's
 ``recompute_mrope_positions`` rewrites every media token's position and shifts the text after it
 (vllm/multimodal/video_prune/evs.py), exactly as for a single pruned video.
 
-Registered under its own architecture name (set by ``hf_overrides``), with Qwen2.5-VL's own
-processor, so servers without ``--video-pruning-rate`` run vLLM's class untouched.
+vLLM also reads the pruning rate from its engine configuration only. Here a request may carry its
+own (``mm_processor_kwargs["video_pruning_rate"]``, which also keys vLLM's processor and encoder
+caches): the processor reserves that many placeholders and attaches the rate to each video, and the
+model prunes each video of a batch at its own rate. The server's ``--video-pruning-rate`` stays the
+default, and must be set: it is what turns on the runner's EVS path (``cpu_runner.py``).
+
+Registered under its own architecture name (set by ``hf_overrides``), so servers without
+``--video-pruning-rate`` run vLLM's classes untouched.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,14 +33,81 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.processing import PromptReplacement
+from vllm.multimodal.video_prune.evs import compute_retained_tokens_count
 
 ARCHITECTURE = "LeanserveEvsQwen2_5_VL"
+RATE_KEY = "video_pruning_rate"  # a request's rate in mm_processor_kwargs, and each video's field
 
 
-@MULTIMODAL_REGISTRY.register_processor(Qwen2_5_VLMultiModalProcessor, info=Qwen2_5_VLProcessingInfo,
+class EvsQwen2_5_VLMultiModalProcessor(Qwen2_5_VLMultiModalProcessor):
+    """Qwen2.5-VL's processor with the EVS rate read from the request and attached to each video."""
+
+    def rate(self, mm_kwargs: Mapping[str, object]) -> float:
+        value = mm_kwargs.get(RATE_KEY)
+        return float(value) if value is not None else float(self.info.ctx.get_mm_config().video_pruning_rate or 0)
+
+    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]):
+        rate = self.rate(hf_kwargs)
+        processed = super()._call_hf_processor(hf_data, {k: v for k, v in hf_kwargs.items() if k != RATE_KEY})
+        if "video_grid_thw" in processed:
+            processed[RATE_KEY] = torch.full((len(processed["video_grid_thw"]),), rate, dtype=torch.float32)
+        return processed
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs: Mapping[str, object]):
+        return {**super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs),
+                RATE_KEY: MultiModalFieldConfig.batched("video", keep_on_cpu=True)}
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs):
+        """vLLM's updates, the video's placeholder count taken at the request's rate."""
+        rate = self.rate(hf_processor_mm_kwargs)
+        merge = self.info.get_image_processor(**hf_processor_mm_kwargs).merge_size
+        video_token = self.info.get_tokenizer().get_vocab()[
+            self.info.get_hf_processor(**hf_processor_mm_kwargs).video_token]
+
+        def video_placeholders(item_idx: int) -> list[int]:
+            frames, height, width = map(int, out_mm_kwargs["video"][item_idx]["video_grid_thw"].data)
+            per_frame = (height // merge) * (width // merge)
+            kept = compute_retained_tokens_count(per_frame, frames, rate) if rate > 0 else frames * per_frame
+            return [video_token] * kept
+
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        return [PromptReplacement(modality="video", target=[video_token], replacement=video_placeholders)
+                if update.modality == "video" else update for update in updates]
+
+
+@MULTIMODAL_REGISTRY.register_processor(EvsQwen2_5_VLMultiModalProcessor, info=Qwen2_5_VLProcessingInfo,
                                         dummy_inputs=Qwen2_5_VLDummyInputsBuilder)
 class EvsQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
-    """Qwen2.5-VL whose initial M-RoPE layout follows the placeholders each item really has."""
+    """Qwen2.5-VL pruning each video at its request's rate, its initial M-RoPE layout following the
+    placeholders each item really has."""
+
+    _video_rates: list[float] | None = None  # this encoder call's, one per video in batch order
+
+    def embed_multimodal(self, **kwargs: object):
+        self._video_rates = _floats(kwargs.pop(RATE_KEY, None))
+        try:
+            return super().embed_multimodal(**kwargs)
+        finally:
+            self._video_rates = None
+
+    def _postprocess_video_embeds_evs(self, video_embeds_split: tuple[torch.Tensor, ...], video_input):
+        """vLLM's EVS on each video alone, at that video's rate (0 keeps every token)."""
+        rates = self._video_rates
+        if rates is None or len(rates) != len(video_embeds_split):
+            return super()._postprocess_video_embeds_evs(video_embeds_split, video_input)
+        server_rate, pruned = self.video_pruning_rate, []
+        grids, seconds = video_input["video_grid_thw"], video_input.get("second_per_grid_ts")
+        try:
+            for index, (embeddings, rate) in enumerate(zip(video_embeds_split, rates, strict=True)):
+                self.video_pruning_rate = rate
+                one = {"video_grid_thw": grids[index:index + 1],
+                       "second_per_grid_ts": None if seconds is None else seconds[index:index + 1]}
+                pruned.extend(super()._postprocess_video_embeds_evs((embeddings,), one))
+        finally:
+            self.video_pruning_rate = server_rate
+        return tuple(pruned)
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list) -> tuple[torch.Tensor, int]:
         pieces: list[np.ndarray] = []  # each [3, n]
@@ -55,3 +130,12 @@ class EvsQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         pieces.append(np.broadcast_to(np.arange(text), (3, text)) + next_position)
         positions = np.concatenate(pieces, axis=1)  # [3, len(input_tokens)]
         return torch.from_numpy(positions), int(positions.max()) + 1 - len(input_tokens)
+
+
+def _floats(value: object) -> list[float] | None:
+    """A batched per-video field (a tensor, or a list of 0-d tensors) as floats."""
+    if value is None:
+        return None
+    if isinstance(value, Sequence) and not isinstance(value, torch.Tensor):
+        return [float(item) for item in value]
+    return [float(item) for item in torch.as_tensor(value).flatten()]
