@@ -3,13 +3,13 @@ through the real HTTP API.
 
     python -m benchmarks.video_pruning [--model qwen2.5-vl-coder-1.5b] [--rates 0.5,0.75,0.9]
 
-vLLM reads the rate from its engine configuration, so each rate is its own server. An unpruned server
-runs throughout; for each rate a pruned server is started beside it and ``leanserve bench --dataset
-videos`` drives both in one run (same clips, order alternating per round), so every pruned figure has an
-unpruned one measured minutes apart under the same load. A line fitted through TTFT against video
-tokens prefilled splits TTFT into what EVS can cut (the slope: prefill per video token) and what it
-cannot (the intercept: decoding, the vision encoder, the text prefill, the first decode step).
-Writes ``results.json`` and ``ttft.png``.
+One leanserve server (``--video-pruning-rate``); each request names its rate with ``extra_body``
+(``{"video_pruning": {"rate": r}}``, or ``{"enabled": false}`` for every token), and ``leanserve bench
+--dataset videos`` drives every rate as its own target in one run (same clips, order rotated per round).
+Every answer is one token long. A line fitted
+through TTFT against the prompt tokens prefilled splits TTFT into what EVS can cut (the slope: prefill
+per token) and what it cannot (the intercept: decoding, the vision encoder, the first decode step).
+Writes ``results.json`` and ``ttft.png``; ``--report`` re-reads a bench report instead of serving.
 """
 
 from __future__ import annotations
@@ -30,26 +30,30 @@ from benchmarks.local_server import free_port, start_server, stop_server
 RATES = (0.5, 0.75, 0.9)
 
 
-def serve(model: str, rate: float | None) -> tuple[subprocess.Popen, str]:
+def serve(model: str, rate: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "service.cli", "serve", "--model", model, "--port", str(port),
-               "--max-model-len", "8192", "--kv-cache-gib", "1"]
-    if rate is not None:
-        command += ["--video-pruning-rate", str(rate)]
+               "--max-model-len", "8192", "--kv-cache-gib", "2", "--video-pruning-rate", str(rate)]
     log = Path(tempfile.mkdtemp(prefix="leanserve-evs-")) / "server.log"
     return start_server(command, log, f"{base_url}/ready", timeout_s=1200), base_url
 
 
-def bench(targets: dict[str, str], args: argparse.Namespace) -> dict:
-    """``leanserve bench`` over ``targets`` (name -> base URL), concurrency 1, one level per round."""
+def targets(rates: list[float]) -> dict[str, dict]:
+    """Target name -> extra_body: every token, then each rate."""
+    return {"unpruned": {"video_pruning": {"enabled": False}},
+            **{f"evs@{rate}": {"video_pruning": {"rate": rate}} for rate in rates}}
+
+
+def bench(base_url: str, bodies: dict[str, dict], args: argparse.Namespace) -> dict:
+    """``leanserve bench`` over every target, concurrency 1, one level per round; returns report.json."""
     out = Path(tempfile.mkdtemp(prefix="leanserve-evs-bench-"))
     command = [sys.executable, "-m", "service.cli", "bench", "--dataset", "videos", "--video-sizes", args.video_sizes,
                "--video-frames", str(args.frames), "--num-requests", str(args.requests),
                "--concurrency", ",".join(["1"] * args.rounds), "--output-len", "1", "--warmup", "1",
                "--idle-gap-s", "1", "--no-plots", "--no-progress", "--out", str(out)]
-    for name, base_url in targets.items():
-        command += ["--base-url", base_url, "--name", name]
+    for name, body in bodies.items():
+        command += ["--base-url", base_url, "--name", name, "--extra-body", json.dumps(body)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "report.json").read_text())
 
@@ -101,44 +105,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--video-sizes", default="640x360")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/video_pruning"))
+    parser.add_argument("--report", type=Path, help="a report.json of an earlier run, to summarise again")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    rates = [float(r) for r in args.rates.split(",")]
     started = time.time()
-    rows: dict[str, dict] = {}
-    pairs = []
-    unpruned, unpruned_url = serve(args.model, None)
-    try:
-        for rate in (float(r) for r in args.rates.split(",")):
-            pruned, pruned_url = serve(args.model, rate)
-            try:
-                report = bench({"unpruned": unpruned_url, f"evs@{rate}": pruned_url}, args)
-            finally:
-                stop_server(pruned)
-            ttfts, prompts = per_target(report, "ttft_ms"), per_target(report, "prompt_tokens")
-            pair = {}
-            for name in ttfts:
-                key = name if name != "unpruned" else f"unpruned (beside evs@{rate})"
-                pair[name] = rows[key] = {"ttft_ms_p50": statistics.median(ttfts[name]), "requests": len(ttfts[name]),
-                                          "prompt_tokens_p50": statistics.median(prompts[name])}
-            pair["ttft_speedup"] = pair["unpruned"]["ttft_ms_p50"] / pair[f"evs@{rate}"]["ttft_ms_p50"]
-            pairs.append({"rate": rate, **pair})
-    finally:
-        stop_server(unpruned)
+    if args.report:
+        report = json.loads(args.report.read_text())
+    else:
+        process, base_url = serve(args.model, max(rates))
+        try:
+            report = bench(base_url, targets(rates), args)
+        finally:
+            stop_server(process)
+        (args.out / "report.json").write_text(json.dumps(report) + "\n")
+    ttfts, prompts = per_target(report, "ttft_ms"), per_target(report, "prompt_tokens")
+    rows = {name: {"ttft_ms_p50": statistics.median(ttfts[name]), "requests": len(ttfts[name]),
+                   "prompt_tokens_p50": statistics.median(prompts[name])} for name in ttfts}
+    for row in rows.values():
+        row["ttft_speedup"] = rows["unpruned"]["ttft_ms_p50"] / row["ttft_ms_p50"]
     slope, intercept = fit([(row["prompt_tokens_p50"], row["ttft_ms_p50"]) for row in rows.values()])
     result = {
         "command": "python -m benchmarks.video_pruning " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "wall_s": time.time() - started,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "model": args.model,
         "video": f"{args.video_sizes}, {args.frames} frames at 8 fps (one shape moving over a still scene)",
-        "pairs": pairs, "fit": {"ms_per_prompt_token": slope, "intercept_ms": intercept},
+        "concurrency_1": rows, "fit": {"ms_per_prompt_token": slope, "intercept_ms": intercept},
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, slope, intercept, args.out / "ttft.png", f"{args.model}: EVS, {args.frames}-frame videos, concurrency 1")
-    for pair in pairs:
-        rate = pair["rate"]
-        print(f"evs@{rate}: TTFT {pair['unpruned']['ttft_ms_p50']:.0f} -> {pair[f'evs@{rate}']['ttft_ms_p50']:.0f} ms "
-              f"({pair['ttft_speedup']:.2f}x), prompt tokens {pair['unpruned']['prompt_tokens_p50']:.0f} -> "
-              f"{pair[f'evs@{rate}']['prompt_tokens_p50']:.0f}")
+    for name, row in rows.items():
+        print(f"{name:>10}: TTFT p50 {row['ttft_ms_p50']:7.0f} ms ({row['ttft_speedup']:.2f}x), "
+              f"prompt tokens {row['prompt_tokens_p50']:.0f}")
     print(f"fit: {intercept:.0f} ms + {slope:.2f} ms per prompt token")
     return 0
 

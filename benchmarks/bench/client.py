@@ -116,7 +116,10 @@ def _error_code(body: bytes) -> str:
 
 
 def _chunk_has_token(choice: dict, api: str) -> bool:
-    """A chunk that carries generated output (not chat's bare role announcement)."""
+    """A chunk that carries generated output (not chat's bare role announcement). A choice's finishing chunk
+    counts even without text: its last token may decode to nothing yet (part of a multi-byte character)."""
+    if choice.get("finish_reason") is not None:
+        return True
     if api == "chat":
         delta = choice.get("delta") or {}
         content = delta.get("content")

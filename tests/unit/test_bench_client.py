@@ -123,6 +123,21 @@ def test_chat_role_chunk_is_not_the_first_token() -> None:
     assert r.ok and len(r.chunk_times_s) == 2 and r.output_tokens == 2
 
 
+def test_a_one_token_answer_without_text_still_has_a_first_token_time() -> None:
+    """Its one token may decode to no text yet (part of a multi-byte character): the finishing chunk times it."""
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"".join(sse(
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+            {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}, "[DONE]")))
+
+    endpoint = Endpoint("http://127.0.0.1:9", "m", api="chat")
+    result = asyncio.run(run_level(endpoint, [BenchRequest("p", 1)], LoadLevel(concurrency=1), seed=0,
+                                   max_duration_s=5, request_timeout_s=5, transport=httpx.MockTransport(handler)))
+    (r,) = result.results
+    assert r.ok and len(r.chunk_times_s) == 1 and r.ttft_s is not None and r.output_tokens == 1
+
+
 def test_extra_body_rides_on_every_request_with_the_images() -> None:
     """``--extra-body`` (a plugin's per-request options) is merged into each chat body, images kept in order."""
     from benchmarks.bench.client import build_payload

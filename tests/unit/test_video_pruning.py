@@ -137,7 +137,7 @@ def test_a_request_may_change_the_rate_or_turn_pruning_off():
     assert request_rate(settings, VideoPruningOptions(rate=0.5)) == 0.5
     assert request_rate(settings, VideoPruningOptions(rate=0.0)) == 0.0
     assert request_rate(settings, VideoPruningOptions(enabled=False)) == 0.0
-    for bad in ({"rate": 1.0}, {"rate": -0.5}, {"ratio": 0.5}):
+    for bad in ({"rate": 1.0}, {"rate": -0.5}, {"ratio": 0.5}, {"rate": "0.5"}, {"rate": True}):
         with pytest.raises(ValidationError):
             VideoPruningOptions.model_validate(bad)
     assert PLUGIN.processor_args(settings, None) is None  # the server's rate, from vLLM's configuration

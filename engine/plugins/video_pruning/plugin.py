@@ -43,7 +43,8 @@ class VideoPruningOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rate: float | None = Field(None, ge=0, lt=1, description="share of each video's tokens dropped (0: none)")
+    rate: float | None = Field(None, ge=0, lt=1, strict=True,
+                               description="share of each video's tokens dropped (0: none)")
     enabled: bool = True
 
 
