@@ -141,3 +141,55 @@ def test_a_request_may_change_the_rate_or_turn_pruning_off():
         with pytest.raises(ValidationError):
             VideoPruningOptions.model_validate(bad)
     assert PLUGIN.processor_args(settings, None) is None  # the server's rate, from vLLM's configuration
+
+
+VS, VE, IMG, VID, TEXT = 1, 2, 3, 4, 0  # token ids of the layout tests
+
+
+def _item(modality: str, offset: int, grid: tuple[int, int, int], seconds: float | None = None) -> SimpleNamespace:
+    import torch
+
+    data = {f"{modality}_grid_thw": SimpleNamespace(data=torch.tensor(grid))}
+    if seconds is not None:
+        data["second_per_grid_ts"] = SimpleNamespace(data=torch.tensor(seconds))
+    tokens = grid[0] * grid[1] * grid[2] // 4
+    return SimpleNamespace(modality=modality, mm_position=SimpleNamespace(offset=offset, length=tokens), data=data)
+
+
+@pytest.mark.parametrize(("before", "between", "steps", "video", "seconds", "image"), [
+    (15, 0, [], (8, 12, 18), 0.25, (1, 18, 22)),
+    (500, 0, [], (8, 12, 18), 0.25, (1, 18, 22)),  # text before the video longer than the video
+    (15, 5, [384], (8, 12, 18), 0.25, (1, 18, 22)),  # a step starting inside the video (prefix-cache hit)
+    (500, 3, [128, 640], (8, 12, 18), 3.75, (1, 22, 18)),  # chunked prefill, a long clip, a tall image
+])
+def test_placed_positions_match_the_unpruned_layout(before, between, steps, video, seconds, image):
+    """vLLM's EVS path re-places media positions step by step; with every token kept, ours must give vLLM's
+    unpruned layout for any prompt shape and any step boundaries (vLLM's own recompute does not)."""
+    import torch
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+    from vllm.multimodal.video_prune.evs import compute_mrope_for_media
+
+    from engine.plugins.video_pruning.qwen2_5_vl import EvsQwen2_5_VLForConditionalGeneration as Evs
+    from engine.plugins.video_pruning.qwen2_5_vl import with_span
+
+    video_tokens, image_tokens = video[0] * video[1] * video[2] // 4, image[1] * image[2] // 4
+    ids = [TEXT] * before + [VS] + [VID] * video_tokens + [VE] + [TEXT] * between + [VS] + [IMG] * image_tokens + \
+        [VE] + [TEXT] * 10
+    video_at, image_at = before + 1, before + video_tokens + between + 3
+    items = [_item("video", video_at, video, seconds), _item("image", image_at, image)]
+    model = SimpleNamespace(config=SimpleNamespace(
+        vision_config=SimpleNamespace(spatial_merge_size=2, tokens_per_second=2),
+        image_token_id=IMG, video_token_id=VID, vision_start_token_id=VS))
+    model.iter_mm_grid_thw = lambda found: Qwen2_5_VLForConditionalGeneration.iter_mm_grid_thw(model, found)
+    unpruned, unpruned_delta = Qwen2_5_VLForConditionalGeneration.get_mrope_input_positions(model, ids, items)
+    channels = [(video_at, video_tokens, with_span(compute_mrope_for_media(torch.tensor(video), 2, 2, seconds))),
+                (image_at, image_tokens, with_span(compute_mrope_for_media(torch.tensor(image), 2)))]
+    positions, _ = Evs.get_mrope_input_positions(model, ids, items)
+    for low, high in zip([0, *steps], [*steps, len(ids)], strict=True):  # the embeddings each step gathers
+        step = [torch.cat([torch.zeros(min(high, at + n) - max(low, at), 8), placed[max(low, at) - at:
+                                                                                    min(high, at + n) - at].float()], 1)
+                for at, n, placed in channels if max(low, at) < min(high, at + n)]
+        if step:
+            embeddings, positions, delta = Evs.recompute_mrope_positions(model, ids, step, positions, low)
+            assert [e.shape[1] for e in embeddings] == [8] * len(step)  # the 4 position channels stripped
+    assert torch.equal(positions, unpruned) and delta == unpruned_delta

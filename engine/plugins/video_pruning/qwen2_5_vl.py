@@ -35,7 +35,11 @@ from vllm.model_executor.models.qwen2_5_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
-from vllm.multimodal.video_prune.evs import compute_retained_tokens_count
+from vllm.multimodal.video_prune.evs import (
+    compute_mrope_for_media,
+    compute_retained_tokens_count,
+    compute_retention_mask,
+)
 
 ARCHITECTURE = "LeanserveEvsQwen2_5_VL"
 RATE_KEY = "video_pruning_rate"  # a request's rate in mm_processor_kwargs, and each video's field
@@ -92,22 +96,74 @@ class EvsQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         finally:
             self._video_rates = None
 
-    def _postprocess_video_embeds_evs(self, video_embeds_split: tuple[torch.Tensor, ...], video_input):
-        """vLLM's EVS on each video alone, at that video's rate (0 keeps every token)."""
+    def _postprocess_video_embeds_evs(self, video_embeds_split: tuple[torch.Tensor, ...],
+                                      video_input) -> tuple[torch.Tensor, ...]:
+        """EVS on each video at its request's rate (0 keeps every token), each kept token followed by its
+        M-RoPE position and the item's span (t, h, w, span: the 4 channels ``recompute_mrope_positions`` strips
+        and places).
+
+        vLLM's version casts the seconds per frame pair to an integer *before* scaling the time index
+        (``second_per_grid_ts.long()``), so a clip sampled faster than one pair per second gets time
+        position 0 for every frame, unlike the unpruned path and HF (both scale, then truncate). Here the
+        seconds stay fractional, so a video at rate 0 is read exactly as without EVS.
+        """
+        seconds = video_input.get("second_per_grid_ts")
+        if seconds is None:
+            raise ValueError("second_per_grid_ts is required to prune video tokens")
+        grids = video_input["video_grid_thw"].tolist()  # [videos, 3]: frame pairs, patch rows, patch columns
         rates = self._video_rates
-        if rates is None or len(rates) != len(video_embeds_split):
-            return super()._postprocess_video_embeds_evs(video_embeds_split, video_input)
-        server_rate, pruned = self.video_pruning_rate, []
-        grids, seconds = video_input["video_grid_thw"], video_input.get("second_per_grid_ts")
-        try:
-            for index, (embeddings, rate) in enumerate(zip(video_embeds_split, rates, strict=True)):
-                self.video_pruning_rate = rate
-                one = {"video_grid_thw": grids[index:index + 1],
-                       "second_per_grid_ts": None if seconds is None else seconds[index:index + 1]}
-                pruned.extend(super()._postprocess_video_embeds_evs((embeddings,), one))
-        finally:
-            self.video_pruning_rate = server_rate
+        if rates is None or len(rates) != len(grids):  # no per-video rates came with this call
+            rates = [float(self.video_pruning_rate or 0)] * len(grids)
+        merge = self.visual.spatial_merge_size
+        tokens_per_second = self.config.vision_config.tokens_per_second
+        pruned = []
+        for embeddings, grid, second, rate in zip(video_embeds_split, grids, seconds.tolist(), rates, strict=True):
+            keep = compute_retention_mask(embeddings, grid, spatial_merge_size=merge, q=rate)  # [tokens]
+            positions = with_span(compute_mrope_for_media(
+                torch.tensor(grid), merge, tokens_per_second=tokens_per_second, video_second_per_grid=float(second)))
+            positions = positions.to(embeddings.device)[keep]  # [kept, 4]
+            pruned.append(torch.cat([embeddings[keep], positions.to(embeddings.dtype)], dim=1))  # [kept, d + 4]
         return tuple(pruned)
+
+    def _postprocess_image_embeds_evs(self, image_embeds_split: tuple[torch.Tensor, ...],
+                                      image_input) -> tuple[torch.Tensor, ...]:
+        """Each image token followed by its M-RoPE position and the image's span (never pruned)."""
+        merge = self.visual.spatial_merge_size
+        out = []
+        for embeddings, grid in zip(image_embeds_split, image_input["image_grid_thw"].tolist(), strict=True):
+            positions = with_span(compute_mrope_for_media(torch.tensor(grid), merge)).to(embeddings.device)
+            out.append(torch.cat([embeddings, positions.to(embeddings.dtype)], dim=1))  # [tokens, d + 4]
+        return tuple(out)
+
+    def recompute_mrope_positions(self, input_ids, multimodal_embeddings: Sequence[torch.Tensor],
+                                  mrope_positions: torch.Tensor, num_computed_tokens: int):
+        """Place this step's media tokens at the positions their channels carry and shift the text after them.
+
+        vLLM's version (vllm/multimodal/video_prune/evs.py) loses its place after the first item of a step:
+        it advances a media-token count as if it were a sequence index, and never updates how many media
+        tokens were seen. So when the text before the first item is longer than that item, or a step starts
+        inside an item (a prefix-cache hit, a chunked prefill) and another follows, the next item's positions
+        land on the wrong tokens. Here each item's tokens are the next media slots of the sequence.
+        """
+        ids = torch.as_tensor(input_ids, device=mrope_positions.device).long()  # [N]
+        positions = mrope_positions.clone()  # [3, N]
+        media = (ids == self.config.image_token_id) | (ids == self.config.video_token_id)  # [N]
+        starts = (ids == self.config.vision_start_token_id).nonzero().flatten()
+        slots = media.nonzero().flatten()
+        slots = slots[slots >= num_computed_tokens]  # the media tokens this step's embeddings fill, in order
+        used = 0
+        for item in multimodal_embeddings:  # [n, d + 4]
+            placed = item[:, -4:].long().T  # [4, n]: t, h, w, span
+            item_slots = slots[used:used + item.shape[0]]
+            used += item.shape[0]
+            start = starts[starts < item_slots[0]][-1]  # the item's <|vision_start|>
+            base = positions[0, start] + 1
+            positions[:, item_slots] = placed[:3] + base
+            after = int(item_slots[-1]) + 1
+            text_after = torch.cumsum((~media[after:]).long(), dim=0)  # [N - after]
+            positions[:, after:] = text_after + base + placed[3, 0] - 1
+        delta = int(positions.max()) + 1 - ids.numel()
+        return [item[:, :-4] for item in multimodal_embeddings], positions, delta
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list) -> tuple[torch.Tensor, int]:
         pieces: list[np.ndarray] = []  # each [3, n]
@@ -130,6 +186,15 @@ class EvsQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         pieces.append(np.broadcast_to(np.arange(text), (3, text)) + next_position)
         positions = np.concatenate(pieces, axis=1)  # [3, len(input_tokens)]
         return torch.from_numpy(positions), int(positions.max()) + 1 - len(input_tokens)
+
+
+def with_span(positions: torch.Tensor) -> torch.Tensor:
+    """vLLM's per-token (t, h, w, grid width) with the last channel set to the item's span, max(t, h, w) + 1:
+    the text after an item starts that far past it, as in the unpruned layout (width alone is short for a
+    tall image or a long clip)."""
+    positions = positions.clone()  # [tokens, 4]
+    positions[:, 3] = positions[:, :3].max() + 1
+    return positions
 
 
 def _floats(value: object) -> list[float] | None:
