@@ -16,9 +16,13 @@ from service.errors import bad_request
 from service.generation import GenerationContext, RequestScope, resolve_max_tokens, tracked_generation
 from service.images import ImageLimits, load_image
 from service.plugin_options import plugin_options
-from service.protocol import ChatCompletionRequest, ImageContentPart, TextContentPart
+from service.protocol import ChatCompletionRequest, ImageContentPart, TextContentPart, VideoContentPart
 from service.sse import DONE, encode_event, primed_event_stream
 from service.videos import VideoLimits, load_video
+
+
+def _modality(part: ImageContentPart | VideoContentPart) -> str:
+    return "image" if isinstance(part, ImageContentPart) else "video"
 
 
 async def chat_inputs(body: ChatCompletionRequest, info: ModelInfo, images: ImageLimits,
@@ -32,7 +36,7 @@ async def chat_inputs(body: ChatCompletionRequest, info: ModelInfo, images: Imag
     parts = [(f"messages[{m}].content[{i}]", part) for m, message in enumerate(body.messages)
              for i, part in message.media_parts()]
     for param, part in parts:
-        modality = "image" if isinstance(part, ImageContentPart) else "video"
+        modality = _modality(part)
         if modality not in info.modalities:
             raise bad_request(f"model {info.name} does not accept {modality} input", param=param,
                               code="unsupported_modality")
@@ -40,7 +44,7 @@ async def chat_inputs(body: ChatCompletionRequest, info: ModelInfo, images: Imag
             raise bad_request(f"image_url.detail {part.image_url.detail!r} is not supported: this server reads every "
                               "image at its model's one resolution (send \"auto\" or leave it out)",
                               param=f"{param}.image_url.detail", code="unsupported_value")
-    counts = Counter("image" if isinstance(part, ImageContentPart) else "video" for _, part in parts)
+    counts = Counter(_modality(part) for _, part in parts)
     for modality, limit in (("image", images.max_images), ("video", videos.max_videos)):
         if counts[modality] > limit:
             raise bad_request(f"{counts[modality]} {modality}s in the request; this server accepts at most {limit}",
@@ -52,12 +56,12 @@ async def chat_inputs(body: ChatCompletionRequest, info: ModelInfo, images: Imag
     for message in body.messages:
         if message.media_parts():
             content = [{"type": "text", "text": part.text} if isinstance(part, TextContentPart)
-                       else {"type": "image" if isinstance(part, ImageContentPart) else "video"}
+                       else {"type": _modality(part)}
                        for part in message.content]
         else:
             content = message.text()
         messages.append({"role": message.role, "content": content})
-    items = tuple(MultimodalItem("image" if isinstance(part, ImageContentPart) else "video", data)
+    items = tuple(MultimodalItem(_modality(part), data)
                   for (_, part), data in zip(parts, media, strict=True))
     return messages, items
 
