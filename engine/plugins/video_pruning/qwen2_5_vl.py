@@ -67,8 +67,7 @@ class EvsQwen2_5_VLMultiModalProcessor(Qwen2_5_VLMultiModalProcessor):
         """vLLM's updates, the video's placeholder count taken at the request's rate."""
         rate = self.rate(hf_processor_mm_kwargs)
         merge = self.info.get_image_processor(**hf_processor_mm_kwargs).merge_size
-        video_token = self.info.get_tokenizer().get_vocab()[
-            self.info.get_hf_processor(**hf_processor_mm_kwargs).video_token]
+        video_token = self.info.get_hf_config().video_token_id  # not the 150k-entry vocabulary per request
 
         def video_placeholders(item_idx: int) -> list[int]:
             frames, height, width = map(int, out_mm_kwargs["video"][item_idx]["video_grid_thw"].data)
