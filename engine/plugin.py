@@ -17,9 +17,13 @@ It overrides only the hooks it needs:
                           entry point: the engine core is a separate process;
 * ``step_observer``       turns vLLM's per-step scheduler statistics into metric updates;
 * ``sampling_args``       what of its request options rides to vLLM in ``SamplingParams.extra_args``
-                          (a logits processor reads them there);
+                          (a logits processor or attention backend reads them there; the gateway's
+                          request id is always there too, under ``REQUEST_ID_KEY``, for code inside
+                          vLLM that reports per-request figures back);
 * ``processor_args``      what rides in the prompt's ``mm_processor_kwargs`` when it has images or
                           video (vLLM's multimodal processor and the model read them there);
+* ``cache_salt``          a prefix-cache salt for prompts whose KV entries it computes differently
+                          (blocks are shared only between prompts of one salt);
 * ``request_finished``    per-request accounting for ``usage`` and metrics;
 * ``engine_builder``      an engine of its own making (e.g. one composing two vLLM engines).
 
@@ -37,6 +41,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from engine.protocol import GenerationRequest, MetricSpec, MetricUpdate
+
+REQUEST_ID_KEY = "leanserve_request_id"  # SamplingParams.extra_args: the gateway's request id
 
 if TYPE_CHECKING:
     from engine.factory import EnginePlan
@@ -109,6 +115,10 @@ class Plugin:
 
     def processor_args(self, settings: BaseModel, options: BaseModel | None) -> Mapping[str, Any] | None:
         """This plugin's entries in a multimodal prompt's ``mm_processor_kwargs`` (None: nothing)."""
+        return None
+
+    def cache_salt(self, settings: BaseModel, options: BaseModel | None, prompt_tokens: int) -> str | None:
+        """A salt for prompts whose KV cache this plugin computes differently (None: plain blocks)."""
         return None
 
     def request_finished(self, settings: BaseModel, options: BaseModel | None,

@@ -25,7 +25,7 @@ from pydantic.fields import FieldInfo
 
 from engine.plugin import ActivePlugin, Plugin
 
-BUILTIN_PLUGINS = ("speculative", "adaptive", "visual_pruning", "video_pruning")
+BUILTIN_PLUGINS = ("speculative", "adaptive", "visual_pruning", "video_pruning", "sparse_prefill")
 EXTRA_PLUGINS_ENV = "LEANSERVE_PLUGINS"
 VLLM_HANDOFF_ENV = "LEANSERVE_ACTIVE_PLUGINS"
 

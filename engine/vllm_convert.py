@@ -36,17 +36,21 @@ def to_sampling_params(options: SamplingOptions, extra_args: Mapping[str, Any] |
     )
 
 
-def to_vllm_prompt(prompt: Prompt, processor_kwargs: Mapping[str, Any] | None = None) -> Any:
+def to_vllm_prompt(prompt: Prompt, processor_kwargs: Mapping[str, Any] | None = None,
+                   cache_salt: str | None = None) -> Any:
     """Token ids, with the multimodal items grouped by modality as vLLM's processors take them
-    and plugins' ``mm_processor_kwargs`` (which also key vLLM's multimodal caches)."""
+    and plugins' ``mm_processor_kwargs`` (which also key vLLM's multimodal caches); a
+    ``cache_salt`` keeps the prompt's prefix-cache blocks apart from other salts'."""
     if not prompt.multimodal:
-        return tokens_input(list(prompt.token_ids))
+        return tokens_input(list(prompt.token_ids), cache_salt=cache_salt)
     grouped: dict[str, list[Any]] = {}
     for item in prompt.multimodal:
         grouped.setdefault(item.modality, []).append(item.data)
     vllm_prompt: dict[str, Any] = {"prompt_token_ids": list(prompt.token_ids), "multi_modal_data": grouped}
     if processor_kwargs:
         vllm_prompt["mm_processor_kwargs"] = dict(processor_kwargs)
+    if cache_salt is not None:
+        vllm_prompt["cache_salt"] = cache_salt
     return vllm_prompt
 
 

@@ -19,7 +19,7 @@ from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 
-from engine.plugin import ActivePlugin, FinishedRequest
+from engine.plugin import REQUEST_ID_KEY, ActivePlugin, FinishedRequest
 from engine.protocol import (
     EngineDeadError,
     GenerationDelta,
@@ -112,7 +112,7 @@ class VllmEngine:
         try:
             params = to_sampling_params(request.sampling, self._sampling_extra_args(request))
             request = replace(request, prompt=await with_decoded_videos(request.prompt))  # plugins see the frames
-            prompt = to_vllm_prompt(request.prompt, self._processor_kwargs(request))
+            prompt = to_vllm_prompt(request.prompt, self._processor_kwargs(request), self._cache_salt(request))
             async for output in self._llm.generate(prompt, params, request.request_id):
                 queue_time = engine_queue_time(output) if first else None
                 cached = output.num_cached_tokens if first else None
@@ -131,7 +131,7 @@ class VllmEngine:
                         finish_reason=choice.finish_reason,
                         logprobs=token_logprobs(choice, num_top) if num_top is not None else None,
                         queue_time_s=queue_time,
-                        cached_tokens=cached,
+                        cached_tokens=cached if position == 0 else None,
                         expanded_prompt_tokens=expanded if position == 0 else None,
                         usage=usage if position == len(output.outputs) - 1 else None,
                     )
@@ -142,8 +142,8 @@ class VllmEngine:
             raise InvalidRequestError(message, param=getattr(error, "parameter", None)) from error
 
     def _sampling_extra_args(self, request: GenerationRequest) -> dict[str, Any]:
-        """Each plugin's per-request arguments, under its name, for code running inside vLLM."""
-        extra = {}
+        """Each plugin's per-request arguments, under its name, and the request id, for code running inside vLLM."""
+        extra: dict[str, Any] = {REQUEST_ID_KEY: request.request_id} if self._plugins else {}
         for item in self._plugins:
             args = item.plugin.sampling_args(item.settings, request.options.get(item.name))
             if args is not None:
@@ -158,6 +158,13 @@ class VllmEngine:
         for item in self._plugins:
             kwargs.update(item.plugin.processor_args(item.settings, request.options.get(item.name)) or {})
         return kwargs
+
+    def _cache_salt(self, request: GenerationRequest) -> str | None:
+        """The plugins' prefix-cache salts for this prompt, joined (None: no plugin changes its KV entries)."""
+        salts = [salt for item in self._plugins
+                 if (salt := item.plugin.cache_salt(item.settings, request.options.get(item.name),
+                                                    len(request.prompt.token_ids))) is not None]
+        return "|".join(salts) if salts else None
 
     def _finish_accounting(self, finished: FinishedRequest) -> dict[str, Mapping[str, float]]:
         """Plugins' per-request usage (returned) and metric updates (sent to the stats sink)."""

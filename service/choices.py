@@ -18,12 +18,15 @@ class UsageTally:
     def __init__(self, prompt_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens read from vLLM's prefix cache
         self._plugins: dict[str, dict[str, float]] = {}
 
     def add(self, delta: GenerationDelta) -> None:
         self.completion_tokens += len(delta.token_ids)
         if delta.expanded_prompt_tokens:
             self.prompt_tokens += delta.expanded_prompt_tokens  # image tokens the model read count as prompt
+        if delta.cached_tokens:
+            self.cached_tokens += delta.cached_tokens
         if delta.usage:
             self._add_plugin_usage(delta.usage)
 
@@ -39,6 +42,7 @@ class UsageTally:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             **self._plugins,
         }
 

@@ -27,7 +27,7 @@ TALLY = "tests.plugins.tally"
 def test_builtin_plugins_are_found_by_name_and_their_flags_are_settings():
     assert {"speculative", "num_speculative_tokens"} <= set(Settings.model_fields)
     assert [group.name for group in Settings().plugin_groups()] == ["speculative", "adaptive", "visual_pruning",
-                                                                 "video_pruning"]
+                                                                 "video_pruning", "sparse_prefill"]
     assert Settings().active_plugins() == ()  # off unless switched on
     assert [group.name for group in Settings(speculative="ngram").active_plugins()] == ["speculative"]
 
@@ -156,7 +156,7 @@ def test_the_plan_lists_what_each_plugin_brings():
     plan = plan_engine(cls(speculative="ngram", num_speculative_tokens=3, tally=False))
     assert plan.engine_args["speculative_config"]["num_speculative_tokens"] == 3
     assert [item.name for item in plan.plugins] == ["speculative"]
-    assert plan.disabled_options == ("adaptive", "visual_pruning", "video_pruning", "tally")
+    assert plan.disabled_options == ("adaptive", "visual_pruning", "video_pruning", "sparse_prefill", "tally")
     assert {spec.name for spec in plan.metrics} >= {"leanserve_spec_decode_drafts", "leanserve_tally_weighted_tokens"}
     assert plan.engine_args["served_model_name"] == [plan.served_model_name]
 

@@ -35,7 +35,8 @@ BENCH = "benchmarks/vllm_cli.py + benchmarks/gateway_vs_vllm.py"
 CLI = "service/cli.py"
 METRICS = "deploy/ (dashboard, alerts) + tests/integration/test_metrics.py"
 PLUGINS = "engine/registry.py (pyproject's vllm.general_plugins entry point) -> every plugin's register_in_vllm"
-SPARSE = "next plugin: token-sparse prefill (shared/VLLM_INTERNALS.md)"
+SPARSE = "engine/plugins/sparse_prefill/backend.py (the sparse CPU_ATTN backend, its dense sub-batch, the runner)"
+SALT = "engine/vllm_convert.py + engine/plugins/sparse_prefill/plugin.py (prefix-cache salt)"
 VISUAL = "engine/plugins/visual_pruning/llava.py (the pruned LLaVA model, processor and [CLS] probe)"
 VISUAL_NEXT = "next: fixed-k image pruning for Qwen2.5-VL (shared/VLLM_INTERNALS.md)"
 VIDEO = "engine/plugins/video_pruning/ (EVS on the CPU runner, the Qwen2.5-VL position fix, token counts)"
@@ -73,7 +74,15 @@ SIGNATURES = [
           (f"{LOGITS}:LogitsProcessors", "logitsprocs")),
     *each(SPARSE, ("vllm.engine.arg_utils:AsyncEngineArgs", "enable_chunked_prefill max_num_batched_tokens"),
           ("vllm.v1.attention.backends.registry:register_backend", "backend class_path"),
-          ("vllm.model_executor.models.utils:extract_layer_index", "layer_name")),
+          ("vllm.model_executor.models.utils:extract_layer_index", "layer_name"),
+          ("vllm._custom_ops:cpu_attn_get_scheduler_metadata", ("num_reqs num_heads num_kv_heads head_dim seq_lens "
+           "dtype query_start_loc causal sliding_window_size isa enable_kv_split dynamic_causal kv_cache_dtype")),
+          ("vllm._custom_ops:cpu_attention_with_kv_cache", ("query key_cache value_cache output query_start_loc "
+           "seq_lens scale causal alibi_slopes sliding_window block_table softcap scheduler_metadata s_aux "
+           "dynamic_causal k_scale v_scale kv_cache_dtype")),
+          (f"{CPU_ATTN}:CPUAttentionBackendImpl.forward", ("layer query key value kv_cache attn_metadata output "
+           "output_scale output_block_scale"))),
+    *each(SALT, ("vllm.inputs.engine:tokens_input", "prompt_token_ids cache_salt")),
     *each(f"{SPARSE}; {VISUAL}", ("vllm.model_executor.models:ModelRegistry.register_model", "model_arch model_cls")),
     *each(f"{VISUAL}; {VIDEO}", ("vllm.multimodal:MULTIMODAL_REGISTRY.register_processor",
                                  "processor info dummy_inputs")),
@@ -114,7 +123,12 @@ ATTRIBUTES = [
     *each(BENCH, ("vllm.entrypoints.cli.main", "main")),
     *each(SPARSE, ("vllm.v1.attention.backends.registry:AttentionBackendEnum", "CPU_ATTN"),
           (f"{CPU_ATTN}:CPUAttentionBackendImpl", "forward do_kv_cache_update"),
-          (f"{CPU_ATTN}:CPUAttentionMetadata", "query_start_loc seq_lens block_table slot_mapping scheduler_metadata")),
+          (f"{CPU_ATTN}:CPUAttentionMetadata", "query_start_loc seq_lens block_table scheduler_metadata causal"),
+          (f"{CPU_ATTN}:CPUAttentionBackend", "get_impl_cls"), ("vllm.envs", "VLLM_CPU_ATTN_SPLIT_KV"),
+          ("vllm.v1.worker.gpu_input_batch:InputBatch", "req_ids"),
+          ("vllm.v1.worker.gpu_input_batch:CachedRequestState", "sampling_params"),
+          ("vllm.sampling_params:SamplingParams", "extra_args")),
+    *each(SALT, ("vllm.inputs:TokensPrompt", "cache_salt")),
     *each(VISUAL, (LLAVA, "LlavaMultiModalProcessor LlavaDummyInputsBuilder LlavaProcessingInfo"),
           (f"{LLAVA}:LlavaProcessingInfo", "get_num_image_tokens get_max_image_tokens "
                                            "get_image_size_with_most_features get_hf_config"),
@@ -183,7 +197,15 @@ SOURCES = [
                    "return AttentionBackendEnum.CPU_ATTN.get_path()"),
           ("vllm.v1.attention.backends.registry:AttentionBackendEnum.get_path", "_ATTN_OVERRIDES.get(self,"),
           (f"{CPU_ATTN}:CPUAttentionBackend.get_name", 'return "CPU_ATTN"'),
-          (f"{CPU_ATTN}:CPUAttentionBackend", "forward_includes_kv_cache_update: bool = False")),
+          (f"{CPU_ATTN}:CPUAttentionBackend", "forward_includes_kv_cache_update: bool = False"),
+          (f"{CPU_ATTN}:CPUAttentionBackendImpl.__init__", "self.sliding_window = -1"),  # impl attributes read
+          (f"{CPU_ATTN}:CPUAttentionBackendImpl.__init__", "self.logits_soft_cap = logits_soft_cap"),
+          (f"{CPU_ATTN}:CPUAttentionBackendImpl.__init__", "self.alibi_slopes = alibi_slopes"),
+          (f"{CPU_ATTN}:CPUAttentionBackendImpl.__init__", "self.sinks = sinks"),
+          (f"{CPU_ATTN}:CPUAttentionMetadataBuilder._set_isa_to_layers", "layer.isa = self.isa"),
+          ("vllm.v1.worker.gpu_model_runner:GPUModelRunner.__init__",
+           "self.requests: dict[str, CachedRequestState] = {}"),
+          ("vllm.v1.worker.gpu_model_runner:GPUModelRunner.__init__", "self.input_batch = InputBatch(")),
     *each(STATS, ("vllm.v1.metrics.loggers:PrometheusStatLogger.__init__", "unregister_vllm_metrics()"),
           ("vllm.v1.metrics.loggers:StatLoggerManager.__init__",  # a PrometheusStatLogger subclass replaces vLLM's
            "if isinstance(global_stat_logger, PrometheusStatLogger): custom_prometheus_logger = True"),
