@@ -26,8 +26,8 @@ def token_scores(query: torch.Tensor, key: torch.Tensor, window: int, scale: flo
     q = query[length - rows:].float().transpose(0, 1).reshape(kv_heads, heads // kv_heads * rows, dim)
     k = key.float().permute(1, 2, 0)  # [H_kv, D, L]
     logits = torch.bmm(q, k).view(heads, rows, length) * scale  # [H, W, L]
-    row_positions = torch.arange(length - rows, length)
-    future = torch.arange(length)[None, :] > row_positions[:, None]  # [W, L]
+    row_positions = torch.arange(length - rows, length, device=query.device)
+    future = torch.arange(length, device=query.device)[None, :] > row_positions[:, None]  # [W, L]
     logits.masked_fill_(future, -math.inf)
     return torch.softmax(logits, dim=-1).mean(dim=1)
 
@@ -36,13 +36,15 @@ def kept_count(scores: torch.Tensor, config: SparsityConfig) -> tuple[int, torch
     """scores [H, L] -> (k, the other tokens of each head by falling score [H, L - W]) (reference rule)."""
     heads, length = scores.shape
     protected = min(config.window, length)
+    if protected == length:  # the window is the whole prompt: nothing else to rank
+        return length, torch.empty(heads, 0, dtype=torch.long, device=scores.device)
     others = scores[:, :length - protected]
     ordered, order = torch.sort(others, dim=1, descending=True, stable=True)
     mass = scores[:, length - protected:].sum(dim=1, keepdim=True)  # [H, 1]
     reached = (mass + ordered.cumsum(dim=1)) >= 1 - config.coverage  # [H, L - W]
     short_before = (mass[:, 0] < 1 - config.coverage)
     first_reached = torch.where(reached.any(dim=1), reached.int().argmax(dim=1) + 1,
-                                torch.full((heads,), length - protected))
+                                torch.full((heads,), length - protected, device=scores.device))
     taken = torch.where(short_before, first_reached, torch.zeros_like(first_reached))
     keep = min(length, max(int(taken.max()) + protected, config.min_tokens))
     return keep, order
@@ -52,10 +54,10 @@ def select_tokens(scores: torch.Tensor, config: SparsityConfig) -> torch.Tensor:
     """scores [H, L] -> kept positions [H, k], ascending, as ``reference.select_tokens``."""
     heads, length = scores.shape
     if config.coverage == 0:
-        return torch.arange(length).expand(heads, length).clone()
+        return torch.arange(length, device=scores.device).expand(heads, length).clone()
     protected = min(config.window, length)
     keep, order = kept_count(scores, config)
-    tail = torch.arange(length - protected, length).expand(heads, protected)
+    tail = torch.arange(length - protected, length, device=scores.device).expand(heads, protected)
     chosen = torch.cat([order[:, :keep - protected], tail], dim=1)  # [H, k]
     return torch.sort(chosen, dim=1).values
 

@@ -82,9 +82,9 @@ def test_records_reach_the_channel_by_request_and_become_usage(monkeypatch):
     channel = RecordChannel()
     try:
         sender = RecordSender(channel.path)
-        for layer, kept in ((3, 400), (5, 600)):
-            sender.send(request_tag("req-1"), layer, 1000, kept, 0.25)
-        sender.send(request_tag("req-2"), 3, 2000, 2000, 1.0)
+        sender.send([(request_tag("req-1"), layer, 1000, kept, 0.25) for layer, kept in ((3, 400), (5, 600))])
+        for _ in range(30):  # more datagrams than a Unix socket queues: nobody reads, so some are given up
+            sender.send([(request_tag("req-2"), 3, 2000, 2000, 1.0)])
         monkeypatch.setattr(PLUGIN, "_channel", channel)
         request = GenerationRequest("req-1", Prompt([1] * 1000), SamplingOptions(max_tokens=1))
         accounting = PLUGIN.request_finished(SparsePrefillSettings(sparse_prefill=True), None,
@@ -92,19 +92,20 @@ def test_records_reach_the_channel_by_request_and_become_usage(monkeypatch):
         assert accounting.usage["sparse_layer_passes"] == 2
         assert accounting.usage["tokens_scored"] == 2000 and accounting.usage["tokens_kept"] == 1000
         assert accounting.usage["attention_seconds"] == 0.5
-        assert channel.take("req-2") == [LayerPass(3, 2000, 2000, 1.0)]
+        assert 1 <= len(channel.take("req-2")) < 30 and sender.dropped > 0
         assert channel.take("req-1") == []  # taken once
         dense = PLUGIN.request_finished(SparsePrefillSettings(sparse_prefill=True), None,
                                         FinishedRequest(GenerationRequest("req-3", Prompt([1]), SamplingOptions(max_tokens=1)),
                                                         (1,), None))
-        assert dense.usage == {"sparse_layer_passes": 0}
+        assert dense.usage == {"sparse_layer_passes": 0, "tokens_scored": 0, "tokens_kept": 0, "attention_seconds": 0,
+                               "attention_seconds_saved_estimate": 0}
     finally:
         channel.close()
 
 
 def test_a_sender_without_a_gateway_drops_quietly():
     sender = RecordSender("/nonexistent/socket")
-    sender.send(request_tag("x"), 1, 10, 5, 0.1)
+    sender.send([(request_tag("x"), 1, 10, 5, 0.1)])
     assert sender.dropped == 1
 
 

@@ -36,6 +36,7 @@ from kernels.token_sparse_attention import token_sparse_attention
 _CONFIG: EngineSparsity | None = None
 _RUNNER: weakref.ref | None = None  # the model runner of this process, for its requests' extra_args
 _SENDER = RecordSender()
+_RECORDS: list[tuple[bytes, int, int, int, float]] = []  # this step's figures, sent after its last sparse layer
 _STEP: tuple[Any, StepPlan, Any] | None = None  # (metadata of the step, its plan, dense sub-batch)
 
 
@@ -76,8 +77,11 @@ class SparsePrefillAttentionImpl(CPUAttentionBackendImpl):
                                              value[row.start:row.end], self.scale, row.sparsity,
                                              out=output[row.start:row.end])
             if row.request_id is not None:
-                _SENDER.send(request_tag(row.request_id), layer_index, row.end - row.start, kept.shape[1],
-                             time.perf_counter() - started)
+                _RECORDS.append((request_tag(row.request_id), layer_index, row.end - row.start, kept.shape[1],
+                                 time.perf_counter() - started))
+        if layer_index == max(_CONFIG.layers):  # the step's last sparse layer: its figures leave together
+            _SENDER.send(_RECORDS)
+            _RECORDS.clear()
         return output
 
     def _step(self, layer, metadata: CPUAttentionMetadata | None, query_dtype: torch.dtype

@@ -22,6 +22,8 @@ from engine.plugins.sparse_prefill.layers import resolve_layers
 from engine.plugins.sparse_prefill.stats import ATTENTION_SECONDS, LAYER_TOKENS, METRICS, PROMPTS
 from engine.protocol import MetricUpdate
 
+USAGE_FIELDS = ("sparse_layer_passes", "tokens_scored", "tokens_kept", "attention_seconds",
+                "attention_seconds_saved_estimate")
 LAYERS_ENV = "LEANSERVE_SPARSE_PREFILL_CONFIG"  # the resolved engine-side settings, for vLLM's processes
 
 
@@ -98,6 +100,8 @@ class SparsePrefillPlugin(Plugin):
         request must never read them, nor a request with another coverage. A follow-up turn of a
         long conversation has the same salt and reuses the blocks (its new tokens run dense).
         """
+        if self._channel is not None:
+            self._channel.watch()  # the first request's call runs in the event loop: read records from now on
         coverage = request_coverage(settings, options)
         if prompt_tokens < settings.sparse_prefill_min_prompt or coverage is None:
             return None
@@ -107,7 +111,7 @@ class SparsePrefillPlugin(Plugin):
                          finished: FinishedRequest) -> RequestAccounting | None:
         passes = self._channel.take(finished.request.request_id) if self._channel is not None else []
         if not passes:
-            return RequestAccounting(usage={"sparse_layer_passes": 0}, updates=(MetricUpdate(PROMPTS, 1, ("dense",)),))
+            return RequestAccounting(usage=dict.fromkeys(USAGE_FIELDS, 0), updates=(MetricUpdate(PROMPTS, 1, ("dense",)),))
         sparse_seconds = sum(item.seconds for item in passes)
         saved = sum(estimated_seconds_saved(item, self._window) for item in passes)
         updates = [MetricUpdate(PROMPTS, 1, ("sparse",)), MetricUpdate(ATTENTION_SECONDS, sparse_seconds, ("sparse",)),

@@ -1,10 +1,11 @@
 """What the sparse attention (engine core) and the gateway's channel agree on; imports nothing heavy.
 
-Each sparse layer pass of a prompt sends one datagram record: which request (a hash of the
+Each sparse layer pass of a prompt makes one record: which request (a hash of the
 gateway's request id), which layer, the prompt's length, how many tokens every head kept, and
-the seconds the sparse attention took. The attention sends it before the step's output leaves
-the engine core, and a Unix datagram is in the receiver's queue once ``send`` returns, so a
-gateway that drains the socket when the request finishes has every record of it.
+the seconds the sparse attention took. The step's records leave in one datagram after its last
+sparse layer, before the step's output leaves the engine core, and a Unix datagram is in the
+receiver's queue once ``send`` returns, so a gateway that drains the socket when the request
+finishes has every record of it.
 """
 
 from __future__ import annotations
@@ -24,20 +25,28 @@ def request_tag(request_id: str) -> bytes:
 
 
 class RecordSender:
-    """The engine core's end: fire-and-forget datagrams; never blocks or fails a forward pass."""
+    """The engine core's end: one datagram per engine step; never fails a forward pass.
+
+    A Unix datagram socket queues only ``net.unix.max_dgram_qlen`` (10) datagrams, so the records of
+    a step travel together, and a full queue makes ``send`` wait briefly for the gateway to read
+    (``SEND_TIMEOUT_S``) before it gives the figures up.
+    """
+
+    SEND_TIMEOUT_S = 0.2
 
     def __init__(self, path: str | None = None) -> None:
         self._path = path if path is not None else os.environ.get(SOCKET_ENV)
         self._socket: socket.socket | None = None
         self.dropped = 0
 
-    def send(self, tag: bytes, layer: int, tokens: int, kept: int, seconds: float) -> None:
-        if not self._path:
+    def send(self, records: list[tuple[bytes, int, int, int, float]]) -> None:
+        """Records of (tag, layer, prompt tokens, kept, seconds), in one datagram."""
+        if not self._path or not records:
             return
         try:
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._socket.setblocking(False)
-            self._socket.sendto(RECORD.pack(tag, layer, tokens, kept, seconds), self._path)
-        except OSError:  # the gateway is gone or its queue is full: figures are lost, answers are not
-            self.dropped += 1
+                self._socket.settimeout(self.SEND_TIMEOUT_S)
+            self._socket.sendto(b"".join(RECORD.pack(*record) for record in records), self._path)
+        except OSError:  # the gateway is gone or not reading: figures are lost, answers are not
+            self.dropped += len(records)
