@@ -8,9 +8,11 @@ heads, or FlashAttention's ``flash_attn_func`` when it imports on a GPU) against
 (``vectorised`` on a CPU, ``triton_kernels`` on CUDA): score, select, attend the kept tokens. Per
 length: median milliseconds of ``--rounds`` rounds after one warm-up, the two timed in alternating
 order each round; the sparse path's scoring/selection/attention split (each stage timed on its own);
-speed-up; kept fraction k/L; the largest |sparse - dense| over the kept rows and over the last
-``window`` rows (informational: a kept row attends over fewer keys than dense, so it differs by the
-mass it lost; only the window's rows are promised ≥ 1 - coverage of theirs, on average).
+speed-up; the kept fraction mean(counts)/L (each head keeps its own count) and the attention-work
+fraction sum(counts²)/(H·L²) (what the attention stage costs against dense); the largest
+|sparse - dense| over each head's kept rows and over the last ``window`` rows (informational: a kept
+row attends over fewer keys than dense, so it differs by the mass it lost; only the window's rows
+are promised ≥ 1 - coverage of theirs, on average).
 
 ``--inputs synthetic`` (default): random Q/K/V, unit-variance components, with the concentration
 real language models show, so that ``coverage`` keeps a fraction of the tokens (``synthetic_inputs``):
@@ -19,9 +21,10 @@ real language models show, so that ``coverage`` keeps a fraction of the tokens (
 * an attention sink: token 0 gets a_0 = 12;
 * locality: queries and keys share a random walk smoothed over 33 positions (weight 0.8), so
   neighbours attend to each other.
-With the default config this keeps ~25%, 19%, 15%, 17% of 4K, 8K, 16K, 32K tokens (32/8 heads, D 128).
 ``--inputs FILE.pt``: ``torch.save`` of a dict with query [L, H, D], key [L, H_kv, D],
-value [L, H_kv, D] and float ``scale`` captured from a real model; each length takes its first L tokens.
+value [L, H_kv, D] and float ``scale`` captured from a real model (``capture``: ``python -m
+kernels.token_sparse_attention.capture --model DIR --layer N --tokens T --out FILE.pt``); each length
+takes its first L tokens (longer lengths are skipped; ``--heads``/``--kv-heads``/``--head-dim`` are ignored).
 Writes ``<out>/kernel_<device>.json`` and ``<out>/kernel_<device>.png``.
 """
 
@@ -98,21 +101,28 @@ def dense_attention(device: str, dtype: torch.dtype) -> tuple[str, Callable[...,
 
 
 def sparse_stages(device: str, config: SparsityConfig) -> tuple[Callable, Callable, Callable]:
-    """The sparse path in three calls: scores(q, k, scale), select(scores), attend(q, k, v, kept, scale)."""
+    """The sparse path in three calls: scores(q, k, scale) -> [H, L], select(scores) -> (kept [H, k_max],
+    counts [H]), attend(q, k, v, kept, counts, scale) -> [L, H, D]."""
+    select = functools.partial(vectorised.select_tokens, config=config)  # on the scores' device
     if device == "cuda":
         from kernels.token_sparse_attention import triton_kernels as tk
 
-        return (lambda q, k, scale: tk.token_scores_triton(q, k, config.window, scale),
-                lambda scores: tk.select_tokens_on_device(scores, config), tk.sparse_attention_triton)
+        return (lambda q, k, scale: tk.token_scores_triton(q, k, config.window, scale), select,
+                tk.sparse_attention_triton)
 
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor, scale: float) -> torch.Tensor:
-        heads = q.shape[1]
-        out = F.scaled_dot_product_attention(*(vectorised.compress(t, kept, heads) for t in (q, k, v)),
-                                             is_causal=True, scale=scale)  # [H, k, D]
-        return vectorised.decompress(out, kept, q.shape[0])
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor, counts: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        return vectorised.attend_kept(q, k, v, kept, counts, scale, q.new_empty(*q.shape[:2], v.shape[2]))
 
-    return (lambda q, k, scale: vectorised.token_scores(q, k, config.window, scale),
-            lambda scores: vectorised.select_tokens(scores, config), attend)
+    return lambda q, k, scale: vectorised.token_scores(q, k, config.window, scale), select, attend
+
+
+def kept_mask(kept: torch.Tensor, counts: torch.Tensor, length: int) -> torch.Tensor:
+    """kept [H, k_max] (-1 pads past counts[h]), counts [H] -> [L, H] bool: True at each head's kept rows."""
+    columns = torch.arange(kept.shape[1], device=kept.device)
+    positions = torch.where(columns[None, :] < counts[:, None], kept, length)  # padding -> a spare column
+    mask = torch.zeros(kept.shape[0], length + 1, dtype=torch.bool, device=kept.device)
+    return mask.scatter_(1, positions, True)[:, :length].T
 
 
 def _ms(call: Callable[[], object], device: str) -> float:
@@ -126,15 +136,16 @@ def _ms(call: Callable[[], object], device: str) -> float:
 
 
 def measure(inputs: Inputs, config: SparsityConfig, device: str, rounds: int) -> dict[str, object]:
-    """One length: medians of dense, sparse and the sparse stages, kept fraction, kept-row difference."""
+    """One length: medians of dense, sparse and the sparse stages, kept and work fractions, kept-row difference."""
     query, key, value, scale = inputs
     dense_name, dense = dense_attention(device, query.dtype)
     score, select, attend = sparse_stages(device, config)
     dense_out = dense(query, key, value, scale)  # warm-up, and the outputs compared below
-    sparse_out, kept = token_sparse_attention(query, key, value, scale, config)
+    sparse_out, counts = token_sparse_attention(query, key, value, scale, config)
     scores = score(query, key, scale)
-    select(scores)
-    attend(query, key, value, kept, scale)
+    kept, selected = select(scores)  # the path's own selection (its dense shortcuts also keep every token)
+    assert torch.equal(selected, counts), (selected.tolist(), counts.tolist())
+    attend(query, key, value, kept, counts, scale)
     calls = {"dense": lambda: dense(query, key, value, scale),
              "sparse": lambda: token_sparse_attention(query, key, value, scale, config)}
     samples: dict[str, list[float]] = {name: [] for name in ("dense", "sparse", "scoring", "selection", "attention")}
@@ -143,17 +154,19 @@ def measure(inputs: Inputs, config: SparsityConfig, device: str, rounds: int) ->
             samples[name].append(_ms(calls[name], device))
         samples["scoring"].append(_ms(lambda: score(query, key, scale), device))
         samples["selection"].append(_ms(lambda: select(scores), device))
-        samples["attention"].append(_ms(lambda: attend(query, key, value, kept, scale), device))
+        samples["attention"].append(_ms(lambda: attend(query, key, value, kept, counts, scale), device))
     median = {name: statistics.median(times) for name, times in samples.items()}
     length, heads, _ = query.shape
-    is_kept = torch.zeros(heads, length, dtype=torch.bool, device=kept.device).scatter_(1, kept, True).T  # [L, H]
+    is_kept = kept_mask(kept, counts, length)  # [L, H]
     difference = (sparse_out.float() - dense_out.float()).abs().amax(dim=-1)  # [L, H]
     window = min(config.window, length)
     return {"length": length, "dense_backend": dense_name, "dense_ms": median["dense"],
             "sparse_ms": median["sparse"],
             "sparse_split_ms": {stage: median[stage] for stage in ("scoring", "selection", "attention")},
-            "speedup": median["dense"] / median["sparse"], "kept_tokens": kept.shape[1],
-            "kept_fraction": kept.shape[1] / length, "max_abs_diff_kept_rows": difference[is_kept].max().item(),
+            "speedup": median["dense"] / median["sparse"], "kept_tokens": counts.tolist(),
+            "kept_fraction": counts.double().mean().item() / length,
+            "attention_work_fraction": (counts.double() ** 2).sum().item() / (heads * length ** 2),
+            "max_abs_diff_kept_rows": difference[is_kept].max().item(),
             "max_abs_diff_window_rows": difference[length - window:].max().item()}
 
 
@@ -201,8 +214,11 @@ def plot(result: dict, path: Path) -> None:
         axis.set_xticks(lengths, labels)
         axis.xaxis.set_minor_locator(NullLocator())
     kept = right.twinx()
-    lines += kept.plot(lengths, [row["kept_fraction"] for row in rows], "s--", color="tab:purple", label="kept k/L")
-    kept.set(ylabel="kept fraction k/L", ylim=(0, 1.3))  # the top quarter: the legend
+    lines += kept.plot(lengths, [row["kept_fraction"] for row in rows], "s--", color="tab:purple",
+                       label="kept mean(k)/L")
+    lines += kept.plot(lengths, [row["attention_work_fraction"] for row in rows], "^:", color="tab:orange",
+                       label="attention work Σk²/(H·L²)")
+    kept.set(ylabel="fraction of dense", ylim=(0, 1.3))  # the top quarter: the legend
     config = result["config"]
     right.set_title(f"coverage {config['coverage']}, window {config['window']}, min {config['min_tokens']}, "
                     f"{result['inputs']}", fontsize=9)
@@ -248,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         split = row["sparse_split_ms"]
         print(f"L={length}: dense {row['dense_ms']:.1f} ms, sparse {row['sparse_ms']:.1f} ms (scoring "
               f"{split['scoring']:.1f}, selection {split['selection']:.1f}, attention {split['attention']:.1f}), "
-              f"x{row['speedup']:.2f}, kept {row['kept_fraction']:.1%}, max |diff| kept rows "
+              f"x{row['speedup']:.2f}, kept {row['kept_fraction']:.1%} (attention work "
+              f"{row['attention_work_fraction']:.1%}), max |diff| kept rows "
               f"{row['max_abs_diff_kept_rows']:.3g} (last {config.window}: {row['max_abs_diff_window_rows']:.3g})",
               flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

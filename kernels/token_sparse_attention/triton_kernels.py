@@ -4,7 +4,8 @@ Token Sparse Attention ("Token Sparse Attention: Efficient Long-Context Inferenc
 Token Selection") runs a prefill layer's causal attention on a per-head subset of the prompt's
 tokens; ``reference`` states the rule. Here the two steps that cost O(L²)-ish FLOPs run as Triton
 kernels and the selection in between (a sort and a cumulative sum over [H, L] floats) stays in
-torch (``vectorised.select_tokens``):
+torch (``vectorised.select_tokens``, on the scores' device): it gives the padded kept positions
+[H, k_max] and each head's own count [H] (heads differ; ``reference.select_tokens``):
 
 * scoring (``token_scores_triton``): the mean, over the last W query rows, of each row's full
   causal softmax over all L keys. Softmax needs each row's max and sum before any probability is
@@ -21,7 +22,9 @@ torch (``vectorised.select_tokens``):
   h // (H / H_kv) directly, no repeated copy), and each output row is written straight to its
   original position in ``out``, which is zero-filled first so the rows a head dropped are 0.
   Heads of one key/value group keep different positions, so they cannot share K/V tiles: one
-  program per (query block, head).
+  program per (query block, head), the grid sized for the widest head; each program bounds itself
+  by its head's count, so a program whose block starts at or past counts[h] exits at once and the
+  -1 padding after counts[h] is never read (a head costs its own count², not k_max²).
 
 Head dims are padded to a power of two ≥ 16 with masks (64 and 128 need none; 80 works).
 Float32 inputs use IEEE float32 dot products (not TF32) so results match the reference to ~1e-5;
@@ -123,17 +126,21 @@ def _score_kernel(q_ptr, k_ptr, row_max_ptr, row_inv_sum_ptr, scores_ptr, length
 
 
 @triton.jit
-def _sparse_flash_kernel(q_ptr, k_ptr, v_ptr, kept_ptr, out_ptr, count, group, qk_scale,
+def _sparse_flash_kernel(q_ptr, k_ptr, v_ptr, kept_ptr, counts_ptr, out_ptr, stride_kept, group, qk_scale,
                          stride_ql, stride_qh, stride_kl, stride_kh, stride_vl, stride_vh, stride_ol, stride_oh,
                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """Program (query block, head): causal attention of kept rows over kept keys, written at the rows' positions."""
+    """Program (query block, head): causal attention of the head's kept rows over its kept keys (the first
+    counts[head] entries of its kept row), written at the rows' positions."""
     start_m = tl.program_id(0)
     head = tl.program_id(1)
+    count = tl.load(counts_ptr + head).to(tl.int32)  # this head's kept tokens; its kept row pads past them
+    if start_m * BLOCK_M >= count:  # the grid is sized for the widest head: nothing here for this one
+        return
     kv_head = head // group
     dims = tl.arange(0, BLOCK_D)
     dim_valid = dims[None, :] < HEAD_DIM  # [1, BD]
-    kept_row = kept_ptr + head.to(tl.int64) * count
+    kept_row = kept_ptr + head.to(tl.int64) * stride_kept
     rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] compressed indices
     row_valid = rows < count
     q_pos = tl.load(kept_row + rows, mask=row_valid, other=0)  # [BM] original positions (int64)
@@ -142,7 +149,8 @@ def _sparse_flash_kernel(q_ptr, k_ptr, v_ptr, kept_ptr, out_ptr, count, group, q
     m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)  # running row max (base 2)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running row sum
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    # Blocks left of the diagonal: every key is visible to every row and inside [0, count): no masks.
+    # Blocks left of the diagonal: every key is visible to every row and inside [0, count) (start_m·BM < count,
+    # BLOCK_N divides BLOCK_M): no masks.
     for start_n in range(0, start_m * BLOCK_M, BLOCK_N):
         k_pos = tl.load(kept_row + start_n + tl.arange(0, BLOCK_N))  # [BN]
         key = tl.load(k_ptr + k_pos[:, None] * stride_kl + kv_head * stride_kh + dims[None, :], mask=dim_valid,
@@ -214,24 +222,18 @@ def token_scores_triton(query: torch.Tensor, key: torch.Tensor, window: int, sca
     return scores
 
 
-def select_tokens_on_device(scores: torch.Tensor, config: SparsityConfig) -> torch.Tensor:
-    """scores [H, L] -> kept [H, k] on the scores' device (``vectorised.select_tokens`` makes its index
-    tensors on the default device, so it runs with the scores' device as the default)."""
-    with torch.device(scores.device):
-        return vectorised.select_tokens(scores, config)
-
-
 def sparse_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kept: torch.Tensor,
-                            scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """query [L, H, D], key/value [L, H_kv, D], kept [H, k] ascending -> out [L, H, D] (0 at dropped rows)."""
+                            counts: torch.Tensor, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """query [L, H, D], key/value [L, H_kv, D], kept [H, k_max] (head h: kept[h, :counts[h]] ascending, then
+    padding, never read), counts [H] -> out [L, H, D] (0 at each head's dropped rows)."""
     query, key, value = (_last_dim_contiguous(t) for t in (query, key, value))
     _, heads, dim = query.shape
-    count = kept.shape[1]
+    widest = kept.shape[1]
     if out is None:
         out = torch.empty_like(query)  # [L, H, D]
     target = _last_dim_contiguous(out)
     target.zero_()  # the rows no head keeps stay 0 (reference.decompress)
-    if count:
+    if widest:
         if _interpreted():
             block_m, block_n, warps, stages = 16, 16, 4, 1
         elif query.dtype == torch.float32 or dim > 128:
@@ -239,8 +241,9 @@ def sparse_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch
         else:
             block_m, block_n, warps, stages = 128, 64, 8 if dim > 64 else 4, 3
         kept = kept.to(device=query.device, dtype=torch.int64).contiguous()
-        _sparse_flash_kernel[(triton.cdiv(count, block_m), heads)](
-            query, key, value, kept, target, count, heads // key.shape[1], scale * LOG2E,
+        counts = counts.to(device=query.device, dtype=torch.int64).contiguous()
+        _sparse_flash_kernel[(triton.cdiv(widest, block_m), heads)](
+            query, key, value, kept, counts, target, widest, heads // key.shape[1], scale * LOG2E,
             query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
             target.stride(0), target.stride(1), HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n,
             BLOCK_D=max(16, triton.next_power_of_2(dim)), PRECISION=_precision(query),
@@ -253,15 +256,20 @@ def sparse_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch
 def token_sparse_attention_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
                                   config: SparsityConfig, out: torch.Tensor | None = None
                                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [L, H, D], key/value [L, H_kv, D] -> (out [L, H, D], kept [H, k]), as ``reference.token_sparse_attention``.
+    """query [L, H, D], key/value [L, H_kv, D] -> (out [L, H, D], counts [H]: tokens each head kept), as
+    ``reference.token_sparse_attention``.
 
     With ``coverage = 0``, or a window covering the whole prompt (all tokens protected), every token is
-    kept whatever the scores, so the scoring pass is skipped (``vectorised.select_tokens`` also fails on
-    the second case: it takes an argmax over the empty set of unprotected tokens).
+    kept whatever the scores, so the scoring pass is skipped (counts all L, as ``vectorised``).
     """
     length, heads, _ = query.shape
     if config.coverage == 0 or length <= config.window:  # every token kept: skip the scoring pass
         kept = torch.arange(length, device=query.device).expand(heads, length).contiguous()  # [H, L]
+        counts = torch.full((heads,), length, device=query.device)
     else:
-        kept = select_tokens_on_device(token_scores_triton(query, key, config.window, scale), config)  # [H, k]
-    return sparse_attention_triton(query, key, value, kept, scale, out), kept
+        scores = token_scores_triton(query, key, config.window, scale)  # [H, L]
+        kept, counts = vectorised.select_tokens(scores, config)  # [H, k_max], [H], on the scores' device
+    out = sparse_attention_triton(query, key, value, kept, counts, scale, out)
+    if length > config.window:  # the window's rows attend densely ([W, L] per head: torch's matmuls suffice)
+        out[length - config.window:] = vectorised.window_attention(query, key, value, config.window, scale)
+    return out, counts

@@ -1,11 +1,12 @@
 """Token-sparse prefill attention for CPUs: the reference's rule with no Python loop over heads or tokens.
 
 Scoring is one batched matmul over the last ``window`` queries; selection one stable sort and a
-cumulative sum per head; compression one ``gather`` per tensor (grouped-query heads read their
-key/value head through an index, never a copy of the whole head); the attention itself is
-PyTorch's fused SDPA with ``is_causal`` on the compressed [H, k, D] tensors, which is exact
-because every head's kept positions are in ascending order. Same results as ``reference``
-(the tests hold the two together).
+cumulative sum per head; then one loop over the width classes of the heads (at most log2(L) + 1,
+usually two or three): each class's heads gather their kept queries, keys and values with one
+indexing op per tensor (grouped-query heads read their key/value head through the index, never a
+copy of the whole head), run PyTorch's fused SDPA with ``is_causal`` on [H_class, k, D] (exact:
+kept positions ascend), and scatter their rows back. Same results as ``reference`` (the tests
+hold the two together). The window's rows are then recomputed densely (``window_attention``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.token_sparse_attention.reference import SparsityConfig
+from kernels.token_sparse_attention.reference import SparsityConfig, class_widths
 
 
 def token_scores(query: torch.Tensor, key: torch.Tensor, window: int, scale: float) -> torch.Tensor:
@@ -32,71 +33,91 @@ def token_scores(query: torch.Tensor, key: torch.Tensor, window: int, scale: flo
     return torch.softmax(logits, dim=-1).mean(dim=1)
 
 
-def kept_count(scores: torch.Tensor, config: SparsityConfig) -> tuple[int, torch.Tensor]:
-    """scores [H, L] -> (k, the other tokens of each head by falling score [H, L - W]) (reference rule)."""
+def window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int, scale: float,
+                     block: int = 256) -> torch.Tensor:
+    """The last ``window`` rows' dense causal attention over all L tokens -> [W, H, D] (reference's rule).
+
+    Blocks of ``block`` rows bound the [H, block, L] logits a wide window would otherwise hold at once.
+    """
+    length, heads, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    rows = min(window, length)
+    k = key.transpose(0, 1)  # [H_kv, L, D]
+    v = value.transpose(0, 1)
+    out = query.new_empty(rows, heads, value.shape[2])
+    positions = torch.arange(length, device=query.device)
+    for first in range(length - rows, length, block):
+        last = min(first + block, length)
+        q = query[first:last].transpose(0, 1).reshape(kv_heads, group * (last - first), dim)  # [H_kv, G·b, D]
+        logits = torch.bmm(q.float(), k.float().transpose(1, 2)) * scale  # [H_kv, G·b, L]
+        future = (positions[None, :] > positions[first:last, None]).repeat(group, 1)  # [G·b, L]
+        weights = torch.softmax(logits.masked_fill_(future, -math.inf), dim=-1)
+        attended = torch.bmm(weights, v.float()).view(heads, last - first, -1)  # [H, b, D]
+        out[first - (length - rows):last - (length - rows)] = attended.transpose(0, 1).to(out.dtype)
+    return out
+
+
+def kept_counts(scores: torch.Tensor, config: SparsityConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores [H, L] -> (counts [H] after class rounding, the other tokens of each head by falling score)."""
     heads, length = scores.shape
     protected = min(config.window, length)
-    if protected == length:  # the window is the whole prompt: nothing else to rank
-        return length, torch.empty(heads, 0, dtype=torch.long, device=scores.device)
     others = scores[:, :length - protected]
-    ordered, order = torch.sort(others, dim=1, descending=True, stable=True)
-    mass = scores[:, length - protected:].sum(dim=1, keepdim=True)  # [H, 1]
-    reached = (mass + ordered.cumsum(dim=1)) >= 1 - config.coverage  # [H, L - W]
-    short_before = (mass[:, 0] < 1 - config.coverage)
-    first_reached = torch.where(reached.any(dim=1), reached.int().argmax(dim=1) + 1,
-                                torch.full((heads,), length - protected, device=scores.device))
-    taken = torch.where(short_before, first_reached, torch.zeros_like(first_reached))
-    keep = min(length, max(int(taken.max()) + protected, config.min_tokens))
-    return keep, order
+    ordered, order = torch.sort(others, dim=1, descending=True, stable=True)  # [H, L - W]
+    if config.coverage == 0 or protected == length:
+        taken = torch.full((heads,), length - protected, device=scores.device)
+    else:
+        mass = scores[:, length - protected:].sum(dim=1, keepdim=True)  # [H, 1]
+        short = (mass + ordered.cumsum(dim=1)) < 1 - config.coverage  # [H, L - W]: still short after i + 1
+        taken = torch.where(mass[:, 0] < 1 - config.coverage, short.sum(dim=1) + 1, 0).clamp(max=length - protected)
+    needed = (taken + protected).clamp(min=min(config.min_tokens, length))
+    return class_widths(needed), order
 
 
-def select_tokens(scores: torch.Tensor, config: SparsityConfig) -> torch.Tensor:
-    """scores [H, L] -> kept positions [H, k], ascending, as ``reference.select_tokens``."""
+def select_tokens(scores: torch.Tensor, config: SparsityConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores [H, L] -> (kept [H, k_max], counts [H]) as ``reference.select_tokens`` (-1 pads)."""
     heads, length = scores.shape
-    if config.coverage == 0:
-        return torch.arange(length, device=scores.device).expand(heads, length).clone()
     protected = min(config.window, length)
-    keep, order = kept_count(scores, config)
+    counts, order = kept_counts(scores, config)
+    widest = int(counts.max())
+    columns = torch.arange(widest - protected, device=scores.device)
+    others = torch.where(columns[None, :] < (counts - protected)[:, None], order[:, :widest - protected], length)
     tail = torch.arange(length - protected, length, device=scores.device).expand(heads, protected)
-    chosen = torch.cat([order[:, :keep - protected], tail], dim=1)  # [H, k]
-    return torch.sort(chosen, dim=1).values
+    kept = torch.sort(torch.cat([others, tail], dim=1), dim=1).values  # padding (= length) sorts last
+    return kept.masked_fill_(kept == length, -1), counts
 
 
-def compress(states: torch.Tensor, kept: torch.Tensor, heads: int) -> torch.Tensor:
-    """states [L, H_s, D], kept [H, k] -> [H, k, D]; a query head reads its key/value head (H_s = H_kv)."""
-    length, state_heads, dim = states.shape
-    group = heads // state_heads
-    by_head = states.transpose(0, 1)  # [H_s, L, D], a view
-    count = kept.shape[1]
-    if count == length:  # every token kept: no gather
-        return by_head if group == 1 else \
-            by_head[:, None].expand(state_heads, group, length, dim).reshape(heads, length, dim)
-    index = kept.reshape(state_heads, group * count)  # the query heads of one key/value head, side by side
-    gathered = torch.gather(by_head, 1, index[:, :, None].expand(-1, -1, dim))  # [H_s, G·k, D]
-    return gathered.view(heads, count, dim)
-
-
-def decompress(compressed: torch.Tensor, kept: torch.Tensor, length: int) -> torch.Tensor:
-    """compressed [H, k, D], kept [H, k] -> [L, H, D] with zeros where a head dropped the row."""
-    heads, count, dim = compressed.shape
-    if count == length:
-        return compressed.transpose(0, 1)
-    out = compressed.new_zeros(heads, length, dim)
-    out.scatter_(1, kept[:, :, None].expand(-1, -1, dim), compressed)
-    return out.transpose(0, 1)
+def attend_kept(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kept: torch.Tensor,
+                counts: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """Causal attention of each head over its kept tokens, written into out [L, H, D] (zeros elsewhere)."""
+    heads = query.shape[1]
+    group = heads // key.shape[1]
+    out.zero_()
+    for width in torch.unique(counts).tolist():  # one dense kernel per width class
+        members = torch.nonzero(counts == width).flatten()  # [H_c]
+        positions = kept[members, :width]  # [H_c, k]
+        rows, kv_rows = members[:, None], (members // group)[:, None]
+        attended = F.scaled_dot_product_attention(query[positions, rows], key[positions, kv_rows],
+                                                  value[positions, kv_rows], is_causal=True, scale=scale)
+        out[positions, rows] = attended  # [H_c, k, D] back to their rows
+    return out
 
 
 def token_sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
                            config: SparsityConfig, out: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [L, H, D], key/value [L, H_kv, D] -> ([L, H, D], kept [H, k]); writes into ``out`` if given."""
+    """query [L, H, D], key/value [L, H_kv, D] -> (out [L, H, D], counts [H]); writes into ``out`` if given."""
     length, heads, _ = query.shape
-    kept = select_tokens(token_scores(query, key, config.window, scale), config)
-    attended = F.scaled_dot_product_attention(
-        compress(query, kept, heads), compress(key, kept, heads), compress(value, kept, heads),
-        is_causal=True, scale=scale)  # [H, k, D]
-    result = decompress(attended, kept, length)
-    if out is not None:
-        out.copy_(result)
-        return out, kept
-    return result, kept
+    if out is None:
+        out = query.new_empty(query.shape[0], heads, value.shape[2])
+    if config.coverage == 0 or length <= config.window:  # every token kept: dense causal attention
+        group = heads // key.shape[1]
+        attended = F.scaled_dot_product_attention(
+            query.transpose(0, 1), key.transpose(0, 1).repeat_interleave(group, 0),
+            value.transpose(0, 1).repeat_interleave(group, 0), is_causal=True, scale=scale)  # [H, L, D]
+        out.copy_(attended.transpose(0, 1))
+        return out, torch.full((heads,), length, device=query.device)
+    kept, counts = select_tokens(token_scores(query, key, config.window, scale), config)
+    attend_kept(query, key, value, kept, counts, scale, out)
+    out[length - config.window:] = window_attention(query, key, value, config.window, scale)
+    return out, counts

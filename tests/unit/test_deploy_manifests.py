@@ -234,7 +234,8 @@ def test_dashboard_has_the_panels_and_a_row_of_plugin_savings():
     plugin_queries = " ".join(target["expr"] for panel in after for target in panel.get("targets", []))
     for metric in ("leanserve_adaptive_tokens_total", "leanserve_adaptive_switches_total",
                    "leanserve_adaptive_catchup_tokens_total", "leanserve_spec_decode_accepted_tokens_total",
-                   "leanserve_visual_pruning_image_tokens_total", "leanserve_video_pruning_video_tokens_total"):
+                   "leanserve_visual_pruning_image_tokens_total", "leanserve_video_pruning_video_tokens_total",
+                   "leanserve_sparse_prefill_layer_tokens_total", "leanserve_sparse_prefill_attention_seconds_total"):
         assert metric in plugin_queries, metric
     queries = dashboard_queries()
     assert any("histogram_quantile(0.5," in q and "time_to_first_token" in q for q in queries.values())

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from engine.plugin import REQUEST_ID_KEY, FinishedRequest
 from engine.plugins.sparse_prefill.channel import LayerPass, RecordChannel
-from engine.plugins.sparse_prefill.layers import resolve_layers
 from engine.plugins.sparse_prefill.plugin import (
     PLUGIN,
     SparsePrefillOptions,
@@ -18,6 +17,7 @@ from engine.plugins.sparse_prefill.plugin import (
     estimated_seconds_saved,
 )
 from engine.plugins.sparse_prefill.rows import OPTIONS_KEY, EngineSparsity, plan_step
+from engine.plugins.sparse_prefill.sparse_layers import resolve_layers
 from engine.plugins.sparse_prefill.wire import RecordSender, request_tag
 from engine.protocol import GenerationRequest, Prompt, SamplingOptions
 from kernels.token_sparse_attention import SparsityConfig
@@ -34,11 +34,12 @@ def test_only_whole_long_prompts_that_did_not_opt_out_go_sparse():
         starts.append(starts[-1] + length)
     seq_lens = [150, 500, 99, 400, 200, 120]
     args = [{REQUEST_ID_KEY: "a"}, None, {REQUEST_ID_KEY: "c"}, {}, {OPTIONS_KEY: {"enabled": False}},
-            {REQUEST_ID_KEY: "f", OPTIONS_KEY: {"enabled": True, "coverage": 0.2}}]
+            {REQUEST_ID_KEY: "f", OPTIONS_KEY: {"enabled": True, "coverage": 0.2, "window": 7}}]
     plan = plan_step(starts, seq_lens, args, CONFIG)
     assert [(row.start, row.end, row.request_id) for row in plan.sparse] == [(0, 150, "a"), (600, 720, "f")]
     assert plan.sparse[0].sparsity == CONFIG.sparsity
-    assert plan.sparse[1].sparsity.coverage == 0.2 and plan.sparse[1].sparsity.window == 16
+    assert plan.sparse[1].sparsity.coverage == 0.2 and plan.sparse[1].sparsity.window == 7
+    assert plan.sparse[1].sparsity.min_tokens == 32
     assert plan.dense_requests == (1, 2, 3, 4)
 
 
@@ -64,17 +65,19 @@ def test_the_salt_keeps_sparse_prompts_apart_by_coverage_and_leaves_others_plain
     settings = SparsePrefillSettings(sparse_prefill=True, sparse_prefill_min_prompt=1000, sparse_prefill_coverage=0.05)
     salt = PLUGIN.cache_salt
     assert salt(settings, None, 999) is None
-    assert salt(settings, None, 1000) == salt(settings, SparsePrefillOptions(), 5000) == "sparse_prefill:0.05"
+    assert salt(settings, None, 1000) == salt(settings, SparsePrefillOptions(), 5000) == "sparse_prefill:0.05:64"
     assert salt(settings, SparsePrefillOptions(enabled=False), 5000) is None
-    assert salt(settings, SparsePrefillOptions(coverage=0.0), 5000) == "sparse_prefill:0.0"
+    assert salt(settings, SparsePrefillOptions(coverage=0.0), 5000) == "sparse_prefill:0.0:64"
+    assert salt(settings, SparsePrefillOptions(window=512), 5000) == "sparse_prefill:0.05:512"
 
 
 def test_request_options_are_strict():
-    for bad in ({"coverage": 1.0}, {"coverage": -0.01}, {"coverage": "0.1"}, {"enabled": "no"}, {"layers": [1]}):
+    for bad in ({"coverage": 1.0}, {"coverage": -0.01}, {"coverage": "0.1"}, {"enabled": "no"}, {"layers": [1]},
+                {"window": 0}, {"window": 1.5}, {"window": 10_000}):
         with pytest.raises(ValidationError):
             SparsePrefillOptions.model_validate(bad)
     assert PLUGIN.sampling_args(SparsePrefillSettings(), SparsePrefillOptions(coverage=0.1)) == \
-        {"enabled": True, "coverage": 0.1}
+        {"enabled": True, "coverage": 0.1, "window": None}
     assert PLUGIN.sampling_args(SparsePrefillSettings(), None) is None
 
 
@@ -82,9 +85,9 @@ def test_records_reach_the_channel_by_request_and_become_usage(monkeypatch):
     channel = RecordChannel()
     try:
         sender = RecordSender(channel.path)
-        sender.send([(request_tag("req-1"), layer, 1000, kept, 0.25) for layer, kept in ((3, 400), (5, 600))])
+        sender.send([(request_tag("req-1"), layer, 1000, kept, kept, 0.25) for layer, kept in ((3, 400), (5, 600))])
         for _ in range(30):  # more datagrams than a Unix socket queues: nobody reads, so some are given up
-            sender.send([(request_tag("req-2"), 3, 2000, 2000, 1.0)])
+            sender.send([(request_tag("req-2"), 3, 2000, 2000, 2000, 1.0)])
         monkeypatch.setattr(PLUGIN, "_channel", channel)
         request = GenerationRequest("req-1", Prompt([1] * 1000), SamplingOptions(max_tokens=1))
         accounting = PLUGIN.request_finished(SparsePrefillSettings(sparse_prefill=True), None,
@@ -105,11 +108,11 @@ def test_records_reach_the_channel_by_request_and_become_usage(monkeypatch):
 
 def test_a_sender_without_a_gateway_drops_quietly():
     sender = RecordSender("/nonexistent/socket")
-    sender.send([(request_tag("x"), 1, 10, 5, 0.1)])
+    sender.send([(request_tag("x"), 1, 10, 5, 5, 0.1)])
     assert sender.dropped == 1
 
 
 def test_the_saving_estimate_follows_the_work_ratio():
-    assert estimated_seconds_saved(LayerPass(1, 1000, 1000, 1.0), 64) == 0.0  # keeping everything saves nothing
-    half = estimated_seconds_saved(LayerPass(1, 8192, 2048, 1.0), 64)
+    assert estimated_seconds_saved(LayerPass(1, 1000, 1000, 1000, 1.0), 64) == 0.0  # keeping everything saves nothing
+    half = estimated_seconds_saved(LayerPass(1, 8192, 2048, 2048, 1.0), 64)
     assert 5 < half < 16  # 1/16 of the pairs, plus the window's scoring

@@ -36,7 +36,7 @@ from kernels.token_sparse_attention import token_sparse_attention
 _CONFIG: EngineSparsity | None = None
 _RUNNER: weakref.ref | None = None  # the model runner of this process, for its requests' extra_args
 _SENDER = RecordSender()
-_RECORDS: list[tuple[bytes, int, int, int, float]] = []  # this step's figures, sent after its last sparse layer
+_RECORDS: list[tuple[bytes, int, int, int, int, float]] = []  # this step's figures, sent after its last sparse layer
 _STEP: tuple[Any, StepPlan, Any] | None = None  # (metadata of the step, its plan, dense sub-batch)
 
 
@@ -73,11 +73,13 @@ class SparsePrefillAttentionImpl(CPUAttentionBackendImpl):
         layer_index = extract_layer_index(layer.layer_name)
         for row in plan.sparse:
             started = time.perf_counter()
-            _, kept = token_sparse_attention(query[row.start:row.end], key[row.start:row.end],
-                                             value[row.start:row.end], self.scale, row.sparsity,
-                                             out=output[row.start:row.end])
+            _, counts = token_sparse_attention(query[row.start:row.end], key[row.start:row.end],
+                                               value[row.start:row.end], self.scale, row.sparsity,
+                                               out=output[row.start:row.end])  # counts [H]: tokens each head kept
             if row.request_id is not None:
-                _RECORDS.append((request_tag(row.request_id), layer_index, row.end - row.start, kept.shape[1],
+                counts = counts.double()
+                _RECORDS.append((request_tag(row.request_id), layer_index, row.end - row.start,
+                                 round(counts.mean().item()), round(counts.square().mean().sqrt().item()),
                                  time.perf_counter() - started))
         if layer_index == max(_CONFIG.layers):  # the step's last sparse layer: its figures leave together
             _SENDER.send(_RECORDS)

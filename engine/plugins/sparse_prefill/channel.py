@@ -28,7 +28,8 @@ class LayerPass:
 
     layer: int
     tokens: int  # prompt length L
-    kept: int  # tokens each head attended over (k)
+    kept: int  # tokens a head attended over, on average over the layer's heads
+    kept_rms: int  # their root mean square: a head's attention work goes with its count squared
     seconds: float  # sparse attention time (score, select, attend, scatter)
 
 
@@ -67,8 +68,8 @@ class RecordChannel:
                 payload = self._socket.recv(1 << 20)
             except (BlockingIOError, OSError):
                 return
-            for tag, layer, tokens, kept, seconds in RECORD.iter_unpack(payload):
-                self._pending.setdefault(tag, []).append(LayerPass(layer, tokens, kept, seconds))
+            for tag, *figures in RECORD.iter_unpack(payload):
+                self._pending.setdefault(tag, []).append(LayerPass(*figures))
                 self._pending.move_to_end(tag)
             while len(self._pending) > MAX_PENDING_REQUESTS:
                 self._pending.popitem(last=False)

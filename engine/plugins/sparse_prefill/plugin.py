@@ -1,10 +1,10 @@
 """Token-sparse prefill as a leanserve plugin: ``--sparse-prefill`` (Token Sparse Attention, TSA).
 
-On the layers listed for the model (layers.py), a long prompt's prefill attention runs on each
+On the layers listed for the model (sparse_layers.py, layers/*.json), a long prompt's prefill attention runs on each
 head's best-covered tokens only; decode, the KV cache (which holds every token), prefix caching
 and speculative decoding are untouched. Prompts shorter than ``--sparse-prefill-min-prompt`` and
 tokens after a cached prefix run dense. Per request: ``extra_body={"sparse_prefill": {"enabled":
-false}}`` opts out, ``{"coverage": 0.1}`` changes τ. ``usage.sparse_prefill`` says how many
+false}}`` opts out, ``{"coverage": 0.1}`` changes τ, ``{"window": 512}`` W. ``usage.sparse_prefill`` says how many
 layer passes ran sparse, the tokens they scored and kept (summed over passes), and their attention time.
 """
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.plugin import EngineContext, FinishedRequest, Plugin, RequestAccounting
 from engine.plugins.sparse_prefill.channel import LayerPass, RecordChannel
-from engine.plugins.sparse_prefill.layers import resolve_layers
+from engine.plugins.sparse_prefill.sparse_layers import resolve_layers
 from engine.plugins.sparse_prefill.stats import ATTENTION_SECONDS, LAYER_TOKENS, METRICS, PROMPTS
 from engine.protocol import MetricUpdate
 
@@ -49,6 +49,8 @@ class SparsePrefillOptions(BaseModel):
 
     enabled: bool = Field(True, strict=True)
     coverage: float | None = Field(None, ge=0, lt=1, strict=True)
+    window: int | None = Field(None, ge=1, le=8192, strict=True, description="the last W prompt tokens score the "
+                               "others and attend densely (e.g. a long question, or a continuation to score)")
 
 
 class SparsePrefillPlugin(Plugin):
@@ -59,7 +61,6 @@ class SparsePrefillPlugin(Plugin):
 
     def __init__(self) -> None:
         self._channel: RecordChannel | None = None
-        self._window = 64
 
     def enabled(self, settings: SparsePrefillSettings) -> bool:
         return settings.sparse_prefill
@@ -72,7 +73,6 @@ class SparsePrefillPlugin(Plugin):
         if self._channel is None:
             self._channel = RecordChannel()
         self._channel.publish()
-        self._window = settings.sparse_prefill_window
         return {"enable_chunked_prefill": False}  # a long prompt reaches the attention whole (rows.py)
 
     def register_in_vllm(self, settings: SparsePrefillSettings) -> None:
@@ -90,7 +90,7 @@ class SparsePrefillPlugin(Plugin):
     def sampling_args(self, settings: SparsePrefillSettings, options: BaseModel | None) -> dict[str, Any] | None:
         if not isinstance(options, SparsePrefillOptions):
             return None
-        return {"enabled": options.enabled, "coverage": options.coverage}
+        return {"enabled": options.enabled, "coverage": options.coverage, "window": options.window}
 
     def cache_salt(self, settings: SparsePrefillSettings, options: BaseModel | None, prompt_tokens: int) -> str | None:
         """Prompts that go sparse share prefix-cache blocks only with prompts sparse at the same coverage.
@@ -102,10 +102,11 @@ class SparsePrefillPlugin(Plugin):
         """
         if self._channel is not None:
             self._channel.watch()  # the first request's call runs in the event loop: read records from now on
-        coverage = request_coverage(settings, options)
-        if prompt_tokens < settings.sparse_prefill_min_prompt or coverage is None:
+        sparsity = request_sparsity(settings, options)
+        if prompt_tokens < settings.sparse_prefill_min_prompt or sparsity is None:
             return None
-        return f"sparse_prefill:{coverage}"
+        coverage, window = sparsity
+        return f"sparse_prefill:{coverage}:{window}"
 
     def request_finished(self, settings: SparsePrefillSettings, options: BaseModel | None,
                          finished: FinishedRequest) -> RequestAccounting | None:
@@ -113,7 +114,8 @@ class SparsePrefillPlugin(Plugin):
         if not passes:
             return RequestAccounting(usage=dict.fromkeys(USAGE_FIELDS, 0), updates=(MetricUpdate(PROMPTS, 1, ("dense",)),))
         sparse_seconds = sum(item.seconds for item in passes)
-        saved = sum(estimated_seconds_saved(item, self._window) for item in passes)
+        window = (request_sparsity(settings, options) or (0, settings.sparse_prefill_window))[1]
+        saved = sum(estimated_seconds_saved(item, window) for item in passes)
         updates = [MetricUpdate(PROMPTS, 1, ("sparse",)), MetricUpdate(ATTENTION_SECONDS, sparse_seconds, ("sparse",)),
                    MetricUpdate(ATTENTION_SECONDS, saved, ("saved_estimate",))]
         for item in passes:
@@ -128,20 +130,21 @@ class SparsePrefillPlugin(Plugin):
 }, updates=tuple(updates))
 
 
-def request_coverage(settings: SparsePrefillSettings, options: BaseModel | None) -> float | None:
-    """The coverage τ a request's long prompt runs at (None: opted out)."""
+def request_sparsity(settings: SparsePrefillSettings, options: BaseModel | None) -> tuple[float, int] | None:
+    """The (coverage τ, window W) a request's long prompt runs at (None: opted out)."""
     if not isinstance(options, SparsePrefillOptions):
-        return settings.sparse_prefill_coverage
+        return settings.sparse_prefill_coverage, settings.sparse_prefill_window
     if not options.enabled:
         return None
-    return options.coverage if options.coverage is not None else settings.sparse_prefill_coverage
+    return (options.coverage if options.coverage is not None else settings.sparse_prefill_coverage,
+            options.window if options.window is not None else settings.sparse_prefill_window)
 
 
 def estimated_seconds_saved(layer_pass: LayerPass, window: int) -> float:
     """Dense time the pass saved, assuming time in proportion to the query-key pairs computed."""
-    length, kept = layer_pass.tokens, layer_pass.kept
+    length, kept = layer_pass.tokens, layer_pass.kept_rms
     dense_pairs = length * (length + 1) / 2
-    sparse_pairs = kept * (kept + 1) / 2 + min(window, length) * length  # attention + scoring
+    sparse_pairs = kept * (kept + 1) / 2 + min(window, length) * length  # attention (mean over heads) + scoring
     return max(0.0, layer_pass.seconds * (dense_pairs / sparse_pairs - 1))
 
 

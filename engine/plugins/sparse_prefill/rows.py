@@ -15,7 +15,7 @@ from typing import Any
 from engine.plugin import REQUEST_ID_KEY
 from kernels.token_sparse_attention import SparsityConfig
 
-OPTIONS_KEY = "sparse_prefill"  # SamplingParams.extra_args["sparse_prefill"]: {"enabled": bool, "coverage": float}
+OPTIONS_KEY = "sparse_prefill"  # SamplingParams.extra_args["sparse_prefill"]: {"enabled", "coverage", "window"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ def plan_step(query_start_loc: Sequence[int], seq_lens: Sequence[int],
             sparsity = config.sparsity
             if options.get("coverage") is not None:
                 sparsity = replace(sparsity, coverage=float(options["coverage"]))
+            if options.get("window") is not None:
+                sparsity = replace(sparsity, window=int(options["window"]))
             sparse.append(SparseRow(start, end, (args or {}).get(REQUEST_ID_KEY), sparsity))
         else:
             dense.append(row)

@@ -1,8 +1,8 @@
 """What the sparse attention (engine core) and the gateway's channel agree on; imports nothing heavy.
 
 Each sparse layer pass of a prompt makes one record: which request (a hash of the
-gateway's request id), which layer, the prompt's length, how many tokens every head kept, and
-the seconds the sparse attention took. The step's records leave in one datagram after its last
+gateway's request id), which layer, the prompt's length, how many tokens a head kept (mean and root mean
+square over heads: the attention work goes with the square), and the seconds the sparse attention took. The step's records leave in one datagram after its last
 sparse layer, before the step's output leaves the engine core, and a Unix datagram is in the
 receiver's queue once ``send`` returns, so a gateway that drains the socket when the request
 finishes has every record of it.
@@ -16,7 +16,7 @@ import socket
 import struct
 
 SOCKET_ENV = "LEANSERVE_SPARSE_PREFILL_SOCKET"  # the channel's socket path, inherited by vLLM's processes
-RECORD = struct.Struct("<16sHIIf")  # request tag, layer, prompt tokens, tokens kept per head, seconds
+RECORD = struct.Struct("<16sHIIIf")  # request tag, layer, prompt tokens, kept per head (mean, root mean square), seconds
 
 
 def request_tag(request_id: str) -> bytes:
@@ -39,8 +39,8 @@ class RecordSender:
         self._socket: socket.socket | None = None
         self.dropped = 0
 
-    def send(self, records: list[tuple[bytes, int, int, int, float]]) -> None:
-        """Records of (tag, layer, prompt tokens, kept, seconds), in one datagram."""
+    def send(self, records: list[tuple[bytes, int, int, int, int, float]]) -> None:
+        """Records of (tag, layer, prompt tokens, kept mean, kept rms, seconds), in one datagram."""
         if not self._path or not records:
             return
         try:
