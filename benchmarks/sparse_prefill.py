@@ -31,7 +31,7 @@ from benchmarks.local_server import free_port, start_server, stop_server
 from engine.catalogue import resolve_model
 from service.settings import Settings
 
-ARMS = {"dense": {"enabled": False}, "sparse": {}}
+ARMS = {"dense": {"enabled": False}, "sparse": {}}  # --coverages replaces "sparse" with one arm per coverage
 PASSKEY = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "\n\nWhat is the pass key? The pass key is"
 
@@ -68,7 +68,7 @@ def run_ttft(args: argparse.Namespace, base_url: str, model: str, tokens: list[i
         for round_index in range(args.rounds):
             start = rng.randrange(0, len(tokens) - length)
             prompt = tokens[start:start + length]
-            order = list(ARMS) if round_index % 2 == 0 else list(reversed(ARMS))
+            order = list(ARMS) if round_index % 2 == 0 else list(reversed(list(ARMS)))
             for arm in order:
                 result = complete(base_url, model, prompt, arm, 1)
                 rows.append({"length": length, "round": round_index, "arm": arm, "ttft_s": result["seconds"],
@@ -78,11 +78,14 @@ def run_ttft(args: argparse.Namespace, base_url: str, model: str, tokens: list[i
     for length in args.lengths:
         medians = {arm: statistics.median(r["ttft_s"] for r in rows if r["length"] == length and r["arm"] == arm)
                    for arm in ARMS}
-        sparse_usage = [r["usage"]["sparse_prefill"] for r in rows if r["length"] == length and r["arm"] == "sparse"]
-        kept = sum(u.get("tokens_kept", 0) for u in sparse_usage) / max(1, sum(u.get("tokens_scored", 0)
-                                                                                 for u in sparse_usage))
-        summary[str(length)] = {**{f"{arm}_ttft_s": value for arm, value in medians.items()},
-                           "speedup": medians["dense"] / medians["sparse"], "kept_fraction": kept}
+        summary[str(length)] = {f"{arm}_ttft_s": value for arm, value in medians.items()}
+        for arm in ARMS:
+            if arm == "dense":
+                continue
+            used = [r["usage"]["sparse_prefill"] for r in rows if r["length"] == length and r["arm"] == arm]
+            summary[str(length)][f"{arm}_speedup"] = medians["dense"] / medians[arm]
+            summary[str(length)][f"{arm}_kept_fraction"] = (sum(u["tokens_kept"] for u in used)
+                                                            / max(1, sum(u["tokens_scored"] for u in used)))
     return {"rows": rows, "summary": summary}
 
 
@@ -101,7 +104,7 @@ def run_passkey(args: argparse.Namespace, base_url: str, model: str, tokens: lis
                 filler = tokens[start:start + filler_len]
                 at = int(depth * filler_len)
                 prompt = filler[:at] + needle + filler[at:] + question
-                for arm in (ARMS if trial % 2 == 0 else reversed(list(ARMS))):
+                for arm in (list(ARMS) if trial % 2 == 0 else list(reversed(list(ARMS)))):
                     result = complete(base_url, model, prompt, arm, 8)
                     correct = result["text"].strip().startswith(key)
                     rows.append({"length": length, "depth": depth, "trial": trial, "arm": arm, "key": key,
@@ -148,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--coverages", default="", help="one sparse arm per coverage τ (default: the server's)")
     parser.add_argument("--server-flags", default="", help="extra serve flags, e.g. '--sparse-prefill-coverage 0.1'")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sparse_prefill"))
     args = parser.parse_args(argv)
+    if args.coverages:
+        ARMS.pop("sparse")
+        ARMS.update({f"sparse@{c}": {"coverage": float(c)} for c in args.coverages.split(",")})
     from transformers import AutoTokenizer
 
     resolved = resolve_model(args.model, Settings().cache_dir)

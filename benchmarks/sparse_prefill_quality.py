@@ -8,8 +8,15 @@ arguments and plugin hand-over come from the same ``plan_engine``), but in-proce
 return. The text is *Persuasion*, the Austen novel that neither the layer profile
 (``engine/plugins/sparse_prefill/drift.py``) nor the other benchmarks read; it is cut into
 ``--windows`` windows of ``--length`` tokens. Every window is scored by every arm: dense (the
-per-request opt-out) and sparse at each coverage τ (the per-request coverage). Perplexity over all
-positions and over the last ``--tail`` positions (the long-context part), relative change against
+per-request opt-out) and sparse at each coverage τ (the per-request coverage).
+
+What a user gets from a sparse prefill is the answer decoded after it: decode attends densely over
+every cached token. The sparse arms therefore run with a per-request window W = ``--tail`` (1,024):
+the window's rows attend densely over every token, as decode would, and score the context for the
+selection, so the perplexity of the last ``--tail`` tokens is the perplexity of a continuation read
+after a sparse prefill of the ``--length - --tail`` tokens before it: the headline figure
+(``ppl_tail``). ``ppl`` over every position is printed too; it includes the rows a sparse layer
+dropped (zero attention output there), which no answer token ever is. Relative changes against
 dense. Writes ``<out>/quality_<model>.json``.
 """
 
@@ -25,8 +32,8 @@ from pathlib import Path
 from benchmarks.bench import sources
 
 
-def arms(coverages: list[float]) -> dict[str, dict]:
-    return {"dense": {"enabled": False}, **{f"sparse@{c}": {"coverage": c} for c in coverages}}
+def arms(coverages: list[float], window: int) -> dict[str, dict]:
+    return {"dense": {"enabled": False}, **{f"sparse@{c}": {"coverage": c, "window": window} for c in coverages}}
 
 
 def negative_log_likelihoods(llm, windows: list[list[int]], options: dict) -> list[list[float]]:
@@ -54,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=8000)
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--tail", type=int, default=1024)
+    parser.add_argument("--window", type=int, default=None, help="per-request window W (default: --tail)")
     parser.add_argument("--coverages", type=lambda text: [float(x) for x in text.split(",")], default=[0.05])
     parser.add_argument("--serve-flags", default="", help="plugin settings as serve flags, e.g. "
                                                           "'--sparse-prefill-layers all --sparse-prefill-window 128'")
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     llm = LLM(**{**plan.engine_args, "kv_cache_memory_bytes": 2 << 30})
     results = {}
-    for name, options in arms(args.coverages).items():
+    for name, options in arms(args.coverages, args.window or args.tail).items():
         nlls = negative_log_likelihoods(llm, windows, options)
         results[name] = {"ppl": perplexity(nlls), "ppl_tail": perplexity(nlls, args.tail)}
         print(name, results[name], flush=True)
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["relative_change"] = figures["ppl"] / dense["ppl"] - 1
         figures["relative_change_tail"] = figures["ppl_tail"] / dense["ppl_tail"] - 1
     report = {"model": plan.served_model_name, "text": "persuasion (held out)", "length": args.length,
-              "windows": args.windows, "tail": args.tail, "serve_flags": args.serve_flags, "results": results,
+              "windows": args.windows, "tail": args.tail, "window": args.window or args.tail, "serve_flags": args.serve_flags, "results": results,
               "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
               "minutes": (time.time() - started) / 60}
     args.out.mkdir(parents=True, exist_ok=True)
