@@ -189,3 +189,34 @@ def test_load_layer_list_finds_the_list_by_model_directory(name: str) -> None:
 def test_load_layer_list_without_a_profile_is_none() -> None:
     assert load_layer_list("/nowhere/NoSuchModel-1B") is None
     assert load_layer_list("") is None
+
+
+# layer sensitivity (sensitivity.py): the measure the shipped lists are picked by
+
+
+def _tiny_probe_model():
+    from transformers import AttentionInterface
+
+    from engine.plugins.sparse_prefill.sensitivity import ATTENTION, _probe_attention
+
+    AttentionInterface.register(ATTENTION, _probe_attention)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(config).eval().to(torch.float32).requires_grad_(False), ATTENTION
+
+
+def test_layer_sensitivity_is_zero_where_nothing_is_dropped_and_positive_elsewhere():
+    from engine.plugins.sparse_prefill.sensitivity import layer_sensitivity
+    from kernels.token_sparse_attention import SparsityConfig
+
+    model, attention = _tiny_probe_model()
+    model.config._attn_implementation = attention
+    prompts = [torch.randint(0, 100, (120,), generator=torch.Generator().manual_seed(1))]
+    with torch.inference_mode():
+        sparse = layer_sensitivity(model, prompts, SparsityConfig(coverage=0.5, window=8, min_tokens=4))
+        every_token = layer_sensitivity(model, prompts, SparsityConfig(coverage=0.0, window=8, min_tokens=4))
+    assert len(sparse) == 4 and all(0 <= value <= 2 for value in sparse)
+    assert max(every_token) < 1e-6  # keeping every token is dense attention
+    assert sparse[-1] < 1e-6  # the last layer's window rows attend densely and nothing after reads the others
+    assert max(sparse[:-1]) > 1e-4  # dropping rows in an earlier layer reaches the answer rows
