@@ -64,6 +64,9 @@ def run_ttft(args: argparse.Namespace, base_url: str, model: str, tokens: list[i
     """One-token answers (TTFT = the request's latency) for each length, arms alternating per round."""
     rows = []
     rng = random.Random(args.seed)
+    for arm in ARMS:  # warm-up, not recorded: first-call costs (allocations, kernels' first runs) of each path
+        start = rng.randrange(0, len(tokens) - min(args.lengths))
+        complete(base_url, model, tokens[start:start + min(args.lengths)], arm, 1)
     for length in args.lengths:
         for round_index in range(args.rounds):
             start = rng.randrange(0, len(tokens) - length)

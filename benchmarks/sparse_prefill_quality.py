@@ -42,9 +42,9 @@ def negative_log_likelihoods(llm, windows: list[list[int]], options: dict) -> li
     from vllm.inputs import TokensPrompt
 
     params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0, extra_args={"sparse_prefill": options})
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=window) for window in windows], params, use_tqdm=False)
     result = []
-    for window, output in zip(windows, outputs, strict=True):
+    for window in windows:  # one at a time: prompt log-probabilities hold [L, vocab] logits (5 GB for Qwen at 8K)
+        (output,) = llm.generate([TokensPrompt(prompt_token_ids=window)], params, use_tqdm=False)
         result.append([-position[token].logprob for token, position in zip(window[1:], output.prompt_logprobs[1:],
                                                                            strict=True)])
     return result

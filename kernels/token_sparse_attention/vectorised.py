@@ -12,6 +12,7 @@ hold the two together). The window's rows are then recomputed densely (``window_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,21 +104,32 @@ def attend_kept(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kep
     return out
 
 
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor],
+                  torch.Tensor]  # (query, key, value, kept, counts, scale, out) -> out, as attend_kept
+
+
 def token_sparse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
-                           config: SparsityConfig, out: torch.Tensor | None = None
+                           config: SparsityConfig, out: torch.Tensor | None = None, attend: Attend | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [L, H, D], key/value [L, H_kv, D] -> (out [L, H, D], counts [H]); writes into ``out`` if given."""
+    """query [L, H, D], key/value [L, H_kv, D] -> (out [L, H, D], counts [H]); writes into ``out`` if given.
+
+    ``attend`` replaces ``attend_kept`` for the compressed attention (vLLM's plugin passes vLLM's own
+    CPU kernel, which is faster than SDPA on CPUs); it also serves the every-token case then.
+    """
     length, heads, _ = query.shape
     if out is None:
         out = query.new_empty(query.shape[0], heads, value.shape[2])
     if config.coverage == 0 or length <= config.window:  # every token kept: dense causal attention
+        counts = torch.full((heads,), length, device=query.device)
+        if attend is not None:
+            return attend(query, key, value, torch.arange(length).expand(heads, length), counts, scale, out), counts
         group = heads // key.shape[1]
         attended = F.scaled_dot_product_attention(
             query.transpose(0, 1), key.transpose(0, 1).repeat_interleave(group, 0),
             value.transpose(0, 1).repeat_interleave(group, 0), is_causal=True, scale=scale)  # [H, L, D]
         out.copy_(attended.transpose(0, 1))
-        return out, torch.full((heads,), length, device=query.device)
+        return out, counts
     kept, counts = select_tokens(token_scores(query, key, config.window, scale), config)
-    attend_kept(query, key, value, kept, counts, scale, out)
+    (attend or attend_kept)(query, key, value, kept, counts, scale, out)
     out[length - config.window:] = window_attention(query, key, value, config.window, scale)
     return out, counts

@@ -116,3 +116,27 @@ def test_the_saving_estimate_follows_the_work_ratio():
     assert estimated_seconds_saved(LayerPass(1, 1000, 1000, 1000, 1.0), 64) == 0.0  # keeping everything saves nothing
     half = estimated_seconds_saved(LayerPass(1, 8192, 2048, 2048, 1.0), 64)
     assert 5 < half < 16  # 1/16 of the pairs, plus the window's scoring
+
+
+@pytest.mark.parametrize("length", [1, 70, 300, 1100])
+@pytest.mark.parametrize("coverage", [0.0, 0.2])
+def test_vllms_kernel_attends_the_kept_tokens_as_the_reference_path_does(length, coverage):
+    """The plugin's attention over kept tokens (vLLM's C++ kernel on a scratch paged cache) against SDPA's; block
+    tails past a head's last key must not leak in (lengths not a multiple of the block)."""
+    import functools
+
+    import torch
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    from engine.plugins.sparse_prefill.paged_attend import attend_kept_paged
+    from kernels.token_sparse_attention import vectorised
+
+    generator = torch.Generator().manual_seed(length)
+    query, key, value = (torch.randn(length, heads, 64, generator=generator) for heads in (9, 3, 3))
+    key[::17] *= 4  # some tokens stand out, so coverage 0.2 drops the rest
+    config = SparsityConfig(coverage, window=16, min_tokens=8)
+    attend = functools.partial(attend_kept_paged, isa=_get_attn_isa(torch.float32, 128, 64, "auto"), block_size=128)
+    expected, counts = vectorised.token_sparse_attention(query, key, value, 0.125, config)
+    got, same_counts = vectorised.token_sparse_attention(query, key, value, 0.125, config, attend=attend)
+    assert torch.equal(counts, same_counts) and torch.isfinite(got).all()
+    assert torch.allclose(got, expected, atol=1e-4)

@@ -5,7 +5,8 @@ before attention runs (``forward_includes_kv_cache_update = False``), so this ba
 write alone: the cache holds every token, and decode, later turns and prefix caching read it as
 usual. Only the attention of a long prompt on a sparse layer changes: the whole prompt's
 query/key/value rows are in the step (chunked prefill is off), so the token-sparse kernel
-(``kernels.token_sparse_attention``) runs on them directly and writes the prompt's output rows.
+(``kernels.token_sparse_attention``) runs on them directly, with vLLM's own C++ kernel for the
+attention over each head's kept tokens (paged_attend.py), and writes the prompt's output rows.
 The step's other requests (decodes, short prompts, tokens after a cached prefix) run through
 vLLM's own C++ kernel as a sub-batch. ``register`` puts the class in place of ``CPU_ATTN``
 (shared/VLLM_INTERNALS.md: the CPU platform always asks the registry for that entry).
@@ -13,6 +14,7 @@ vLLM's own C++ kernel as a sub-batch. ``register`` puts the class in place of ``
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from collections.abc import Mapping
@@ -29,6 +31,7 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadata,
 )
 
+from engine.plugins.sparse_prefill.paged_attend import attend_kept_paged
 from engine.plugins.sparse_prefill.rows import EngineSparsity, StepPlan, plan_step
 from engine.plugins.sparse_prefill.wire import RecordSender, request_tag
 from kernels.token_sparse_attention import token_sparse_attention
@@ -75,7 +78,11 @@ class SparsePrefillAttentionImpl(CPUAttentionBackendImpl):
             started = time.perf_counter()
             _, counts = token_sparse_attention(query[row.start:row.end], key[row.start:row.end],
                                                value[row.start:row.end], self.scale, row.sparsity,
-                                               out=output[row.start:row.end])  # counts [H]: tokens each head kept
+                                               out=output[row.start:row.end],
+                                               attend=functools.partial(attend_kept_paged, isa=layer.isa,
+                                                                        block_size=kv_cache.shape[2],
+                                                                        kv_cache_dtype=self.kv_cache_dtype))
+            # counts [H]: tokens each head kept
             if row.request_id is not None:
                 counts = counts.double()
                 _RECORDS.append((request_tag(row.request_id), layer_index, row.end - row.start,
