@@ -81,7 +81,10 @@ SIGNATURES = [
            "seq_lens scale causal alibi_slopes sliding_window block_table softcap scheduler_metadata s_aux "
            "dynamic_causal k_scale v_scale kv_cache_dtype")),
           (f"{CPU_ATTN}:CPUAttentionBackendImpl.forward", ("layer query key value kv_cache attn_metadata output "
-           "output_scale output_block_scale"))),
+           "output_scale output_block_scale")),
+          ("vllm._custom_ops:cpu_attn_reshape_and_cache", ("key value key_cache value_cache slot_mapping isa "
+           "k_scale v_scale kv_cache_dtype")),  # paged_attend.py's scratch cache
+          (f"{CPU_ATTN}:_get_attn_isa", "dtype block_size head_size kv_cache_dtype")),  # its unit test
     *each(SALT, ("vllm.inputs.engine:tokens_input", "prompt_token_ids cache_salt")),
     *each(f"{SPARSE}; {VISUAL}", ("vllm.model_executor.models:ModelRegistry.register_model", "model_arch model_cls")),
     *each(f"{VISUAL}; {VIDEO}", ("vllm.multimodal:MULTIMODAL_REGISTRY.register_processor",
@@ -214,6 +217,7 @@ SOURCES = [
           ("vllm.v1.spec_decode.metrics", '"vllm:spec_decode_num_draft_tokens"'),
           ("vllm.v1.spec_decode.metrics", '"vllm:spec_decode_num_accepted_tokens"')),
     *each(CLI, ("vllm.envs", '"VLLM_CPU_NUM_OF_RESERVED_CPU"')),
+    *each(SPARSE, ("vllm.v1.executor.multiproc_executor", "timeout=envs.VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS")),
     *each(BENCH, ("vllm.entrypoints.cli.main:main", 'importlib.metadata.version("vllm")'),  # what vllm_cli.py patches
           ("vllm.platforms:cpu_platform_plugin", 'vllm_version_matches_substr("cpu")'),  # why it appends "+cpu"
           ("vllm.entrypoints.openai.api_server", 'if __name__ == "__main__":')),  # started with python -m

@@ -24,6 +24,7 @@ from engine.protocol import MetricUpdate
 
 USAGE_FIELDS = ("sparse_layer_passes", "tokens_scored", "tokens_kept", "attention_seconds",
                 "attention_seconds_saved_estimate")
+STEP_TIMEOUT_ENV, STEP_TIMEOUT_S = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", 3600
 LAYERS_ENV = "LEANSERVE_SPARSE_PREFILL_CONFIG"  # the resolved engine-side settings, for vLLM's processes
 
 
@@ -73,6 +74,10 @@ class SparsePrefillPlugin(Plugin):
         if self._channel is None:
             self._channel = RecordChannel()
         self._channel.publish()
+        # One step may now be a whole long prompt: minutes on a CPU at 32K tokens, past vLLM's 300 s RPC timeout,
+        # which kills the engine (seen: a dense 32K prefill of Qwen2.5-Coder-0.5B on 2 cores). The engine
+        # processes read it from the environment they inherit.
+        os.environ.setdefault(STEP_TIMEOUT_ENV, str(STEP_TIMEOUT_S))
         return {"enable_chunked_prefill": False}  # a long prompt reaches the attention whole (rows.py)
 
     def register_in_vllm(self, settings: SparsePrefillSettings) -> None:
