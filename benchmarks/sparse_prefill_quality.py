@@ -33,7 +33,8 @@ from benchmarks.bench import sources
 
 
 def arms(coverages: list[float], window: int) -> dict[str, dict]:
-    return {"dense": {"enabled": False}, **{f"sparse@{c}": {"coverage": c, "window": window} for c in coverages}}
+    return {"dense": {"enabled": False}, **{f"sparse@{c}": {"enabled": True, "coverage": c, "window": window}
+                                                for c in coverages}}
 
 
 def negative_log_likelihoods(llm, windows: list[list[int]], options: dict) -> list[list[float]]:

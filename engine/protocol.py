@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from engine.tools import ToolCalling, ToolChoice
 
 
 class EngineError(Exception):
@@ -25,9 +28,10 @@ class EngineError(Exception):
 class InvalidRequestError(EngineError):
     """The request cannot be served as asked (the client's fault: HTTP 400)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 class EngineDeadError(EngineError):
@@ -52,9 +56,26 @@ class ModelInfo:
     modalities: tuple[str, ...] = ()
 
 
+StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on what may be generated (guided decoding), whatever field asked for it.
+
+    ``spec`` is the JSON schema (``json``), the pattern (``regex``), the list of allowed answers
+    (``choice``) or the grammar text (``grammar``); None for ``json_object`` (any JSON object).
+    ``param`` is the request field it came from, named in the 400 when the engine cannot compile it.
+    """
+
+    kind: StructuredKind
+    spec: Any = None
+    param: str = "response_format"
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Sampling parameters in OpenAI's terms, validated by the gateway."""
+    """Sampling parameters in OpenAI's terms (and vLLM's extensions), validated by the gateway."""
 
     max_tokens: int
     n: int = 1
@@ -66,6 +87,14 @@ class SamplingOptions:
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # None: no logprobs; k >= 0: sampled token plus top-k
     ignore_eos: bool = False
+    top_k: int = 0  # 0: every token
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    logit_bias: Mapping[int, float] | None = None  # token id -> bias added to its logit
+    structured: StructuredOutput | None = None
+    prompt_logprobs: int | None = None  # None: none; k >= 0: each prompt token's logprob plus top-k
+    skip_special_tokens: bool = True  # False where a tool-call format is made of special tokens
 
 
 @dataclass(frozen=True)
@@ -144,6 +173,7 @@ class GenerationDelta:
     logprobs: list[TokenLogprob] | None = None
     queue_time_s: float | None = None
     cached_tokens: int | None = None  # first delta: prompt tokens served from the prefix cache
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # first delta, when asked: None for the first token
     expanded_prompt_tokens: int | None = None  # first delta: tokens the engine's processor added (image placeholders)
     usage: Mapping[str, Mapping[str, float]] | None = None
 
@@ -191,7 +221,16 @@ class Engine(Protocol):
 
     async def tokenize(self, text: str) -> list[int]: ...
 
-    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> Prompt: ...
+    async def detokenize(self, token_ids: list[int]) -> str: ...
+
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                          tools: list[dict] | None = None) -> Prompt:
+        """The prompt of a conversation; ``tools`` are OpenAI function definitions the model may call."""
+        ...
+
+    def tool_calling(self, tools: list[dict], choice: ToolChoice, parallel: bool) -> ToolCalling:
+        """How this model calls the tools (constraint and parsers); InvalidRequestError if it cannot."""
+        ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]: ...
 

@@ -107,7 +107,19 @@ def async_engine_args(args: Mapping[str, Any]) -> AsyncEngineArgs:
     if unknown:
         raise ValueError(f"unknown vLLM engine argument(s): {', '.join(unknown)}")
     resolved = {**args, "dtype": resolve_dtype(args.get("dtype", "auto"))}
+    resolved["structured_outputs_config"] = structured_outputs_config(resolved.get("structured_outputs_config"))
     if "kv_cache_memory_bytes" not in resolved and current_platform.is_cpu():
         # vLLM's CPU default (a fraction of the NUMA node) fails on small machines.
         resolved["kv_cache_memory_bytes"] = int(CPU_DEFAULT_KV_CACHE_GIB * (1 << 30))
     return AsyncEngineArgs(**resolved)
+
+
+def structured_outputs_config(given: Any = None) -> Any:
+    """vLLM's guided-decoding settings, JSON compact by default: a small model allowed free whitespace
+    between JSON tokens fills ``max_tokens`` with newlines and never closes the object. An
+    ``--engine-arg structured_outputs_config={...}`` overrides it."""
+    from vllm.config import StructuredOutputsConfig
+
+    if isinstance(given, StructuredOutputsConfig):
+        return given
+    return StructuredOutputsConfig(**{"backend": "xgrammar", "disable_any_whitespace": True, **(given or {})})

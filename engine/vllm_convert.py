@@ -13,9 +13,9 @@ from typing import Any
 from vllm import SamplingParams
 from vllm.inputs.engine import tokens_input
 from vllm.outputs import CompletionOutput, RequestOutput
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-from engine.protocol import Prompt, SamplingOptions, TokenLogprob
+from engine.protocol import Prompt, SamplingOptions, StructuredOutput, TokenLogprob
 
 
 def to_sampling_params(options: SamplingOptions, extra_args: Mapping[str, Any] | None = None) -> SamplingParams:
@@ -31,9 +31,27 @@ def to_sampling_params(options: SamplingOptions, extra_args: Mapping[str, Any] |
         max_tokens=options.max_tokens,
         logprobs=options.logprobs,
         ignore_eos=options.ignore_eos,
+        top_k=options.top_k,
+        min_p=options.min_p,
+        repetition_penalty=options.repetition_penalty,
+        min_tokens=options.min_tokens,
+        logit_bias=dict(options.logit_bias) if options.logit_bias else None,
+        structured_outputs=to_structured_outputs(options.structured),
+        prompt_logprobs=options.prompt_logprobs,
+        skip_special_tokens=options.skip_special_tokens,
         output_kind=RequestOutputKind.DELTA,
         extra_args=dict(extra_args) if extra_args else None,
     )
+
+
+def to_structured_outputs(structured: StructuredOutput | None) -> StructuredOutputsParams | None:
+    """The seam's constraint -> vLLM's guided-decoding parameters (compiled by its xgrammar backend;
+    JSON compact, as ``vllm_args.structured_outputs_config`` sets for the engine)."""
+    if structured is None:
+        return None
+    if structured.kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(**{structured.kind: structured.spec})
 
 
 def to_vllm_prompt(prompt: Prompt, processor_kwargs: Mapping[str, Any] | None = None,
@@ -54,23 +72,27 @@ def to_vllm_prompt(prompt: Prompt, processor_kwargs: Mapping[str, Any] | None = 
     return vllm_prompt
 
 
+def _position_logprob(token_id: int, position: Mapping[int, Any], num_top: int) -> TokenLogprob:
+    """One position's {token_id: Logprob} map -> the chosen token plus its top-``num_top`` alternatives."""
+    chosen = position[token_id]
+    ranked = sorted(((tid, entry) for tid, entry in position.items()
+                     if entry.rank is not None and entry.rank <= num_top), key=lambda pair: pair[1].rank)
+    return TokenLogprob(token_id, chosen.decoded_token or "", chosen.logprob,
+                        tuple(TokenLogprob(tid, entry.decoded_token or "", entry.logprob)
+                              for tid, entry in ranked[:num_top]))
+
+
 def token_logprobs(output: CompletionOutput, num_top: int) -> list[TokenLogprob]:
-    """vLLM's per-position {token_id: Logprob} maps -> sampled token plus top-``num_top``."""
+    """vLLM's per-position maps of the generated tokens -> sampled token plus top-``num_top``."""
     assert output.logprobs is not None
-    result = []
-    for token_id, position in zip(output.token_ids, output.logprobs, strict=True):
-        sampled = position[token_id]
-        ranked = sorted(
-            ((tid, entry) for tid, entry in position.items() if entry.rank is not None and entry.rank <= num_top),
-            key=lambda pair: pair[1].rank,
-        )
-        result.append(TokenLogprob(
-            token_id=token_id,
-            token=sampled.decoded_token or "",
-            logprob=sampled.logprob,
-            top=tuple(TokenLogprob(tid, entry.decoded_token or "", entry.logprob) for tid, entry in ranked[:num_top]),
-        ))
-    return result
+    return [_position_logprob(token_id, position, num_top)
+            for token_id, position in zip(output.token_ids, output.logprobs, strict=True)]
+
+
+def prompt_token_logprobs(output: RequestOutput, num_top: int) -> list[TokenLogprob | None]:
+    """vLLM's prompt logprobs (None for the first token, which nothing predicts) -> the seam's."""
+    return [None if position is None else _position_logprob(token_id, position, num_top)
+            for token_id, position in zip(output.prompt_token_ids or (), output.prompt_logprobs or (), strict=False)]
 
 
 def engine_queue_time(output: RequestOutput) -> float | None:

@@ -30,16 +30,19 @@ from engine.protocol import (
     Prompt,
     StatsSink,
 )
+from engine.tools import ToolCalling, ToolChoice
 from engine.video_decoding import with_decoded_videos
 from engine.vllm_args import async_engine_args
 from engine.vllm_convert import (
     engine_queue_time,
     input_modalities,
+    prompt_token_logprobs,
     to_sampling_params,
     to_vllm_prompt,
     token_logprobs,
 )
 from engine.vllm_stats import NoVllmPrometheus, plugin_stat_logger
+from engine.vllm_tool_calls import messages_for_template, tool_calling
 
 if TYPE_CHECKING:
     from engine.factory import EnginePlan
@@ -92,18 +95,35 @@ class VllmEngine:
     async def tokenize(self, text: str) -> list[int]:
         """Off the event loop, as vLLM's own server does: a long prompt does not stall other
         streams, and requests arriving together reach the engine together (one prefill step)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._tokenizer_pool, partial(self._tokenizer.encode, text, add_special_tokens=False),
-        )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._tokenizer_pool, partial(self._tokenizer.encode, text, add_special_tokens=False),
+            )
+        except Exception as error:  # text the tokenizer cannot take: the request's fault, never a 500
+            raise InvalidRequestError(f"the text could not be tokenized: {error}", param="prompt",
+                                      code="tokenization_error") from error
 
-    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> Prompt:
+    async def detokenize(self, token_ids: list[int]) -> str:
+        if any(token_id >= len(self._tokenizer) for token_id in token_ids):
+            raise InvalidRequestError(f"token ids must be below the vocabulary size {len(self._tokenizer)}",
+                                      param="tokens")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenizer_pool, partial(self._tokenizer.decode, token_ids))
+
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                          tools: list[dict] | None = None) -> Prompt:
+        messages, template_tools = messages_for_template(self._tokenizer.chat_template, messages, tools)
         try:
             text = self._tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                messages, tools=template_tools, tokenize=False, add_generation_prompt=add_generation_prompt,
             )
         except Exception as error:  # jinja errors: a message the template cannot render
-            raise InvalidRequestError(f"chat template failed: {error}", param="messages") from error
+            raise InvalidRequestError(f"chat template failed: {error}", param="messages",
+                                      code="chat_template_error") from error
         return Prompt(await self.tokenize(text))
+
+    def tool_calling(self, tools: list[dict], choice: ToolChoice, parallel: bool) -> ToolCalling:
+        return tool_calling(self._tokenizer, tools, choice, parallel)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         num_top = request.sampling.logprobs
@@ -117,6 +137,8 @@ class VllmEngine:
                 queue_time = engine_queue_time(output) if first else None
                 cached = output.num_cached_tokens if first else None
                 expanded = _expanded_tokens(output, request) if first else None
+                prompt_logprobs = (prompt_token_logprobs(output, request.sampling.prompt_logprobs)
+                                   if first and request.sampling.prompt_logprobs is not None else None)
                 first = False
                 for choice in output.outputs:
                     output_tokens[choice.index] += len(choice.token_ids)
@@ -132,6 +154,7 @@ class VllmEngine:
                         logprobs=token_logprobs(choice, num_top) if num_top is not None else None,
                         queue_time_s=queue_time,
                         cached_tokens=cached if position == 0 else None,
+                        prompt_logprobs=prompt_logprobs if position == 0 else None,
                         expanded_prompt_tokens=expanded if position == 0 else None,
                         usage=usage if position == len(output.outputs) - 1 else None,
                     )
@@ -139,7 +162,10 @@ class VllmEngine:
             raise EngineDeadError(str(error) or "the engine died") from error
         except (VLLMClientError, ValueError) as error:
             message = error.args[0] if error.args else str(error)
-            raise InvalidRequestError(message, param=getattr(error, "parameter", None)) from error
+            param = getattr(error, "parameter", None)
+            if param is None and request.sampling.structured is not None:  # e.g. a schema xgrammar cannot compile
+                param = request.sampling.structured.param
+            raise InvalidRequestError(message, param=param) from error
 
     def _sampling_extra_args(self, request: GenerationRequest) -> dict[str, Any]:
         """Each plugin's per-request arguments, under its name, and the request id, for code running inside vLLM."""

@@ -25,6 +25,14 @@ from service.rate_limit import RateLimited
 logger = logging.getLogger(__name__)
 
 
+# The code of an error raised without one: every error body names a code, so clients can branch on it.
+_DEFAULT_CODES = {
+    400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
+    408: "request_timeout", 413: "request_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded",
+    500: "internal_error", 503: "service_unavailable",
+}
+
+
 class APIError(Exception):
     """An error with its HTTP status, raised anywhere in the gateway."""
 
@@ -42,7 +50,7 @@ class APIError(Exception):
         self.message = message
         self.type = type
         self.param = param
-        self.code = code
+        self.code = code or _DEFAULT_CODES.get(status_code, "error")
         self.headers = headers
 
 
@@ -74,9 +82,22 @@ _STATUS_TYPES = {
 }
 
 
-def _validation_param(error: dict) -> str | None:
-    location = [str(part) for part in error.get("loc", ()) if part != "body"]
-    return ".".join(location) or None
+def _validation_param(error: dict, body: Any) -> str | None:
+    """The field's path in the body as sent. Pydantic's location also names union members (a
+    discriminator's tag, a type such as ``str``), which are not fields: walking the body leaves them out.
+    A required field left out is named although the body lacks it."""
+    location = list(error.get("loc", ()))
+    if location[:1] == ["body"]:
+        location = location[1:]
+    path, value = [], body
+    for position, part in enumerate(location):
+        if (isinstance(value, dict) and part in value) or (
+                isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)):
+            value = value[part]
+        elif not (isinstance(value, dict) and error.get("type") == "missing" and position == len(location) - 1):
+            continue  # a union member's name
+        path.append(str(part))
+    return ".".join(path) or None
 
 
 def _validation_error(error: RequestValidationError) -> APIError:
@@ -84,11 +105,12 @@ def _validation_error(error: RequestValidationError) -> APIError:
     first = error.errors()[0] if error.errors() else {}
     if first.get("type") == "json_invalid":
         return bad_request(f"malformed JSON body: {first.get('msg', '')}", code="invalid_json")
-    param = _validation_param(first)
+    param = _validation_param(first, error.body)
     message = first.get("msg", "invalid request")
     if param:
         message = f"{param}: {message}"
-    return bad_request(message, param=param, code="invalid_value")
+    code = "unsupported_parameter" if first.get("type") == "extra_forbidden" else "invalid_value"
+    return bad_request(message, param=param, code=code)
 
 
 def _too_many_requests(message: str, retry_after_s: int | None) -> APIError:
@@ -105,7 +127,7 @@ _TABLE: dict[type[BaseException], Callable[[Any, int | None], APIError]] = {
         error.status_code, str(error.detail), _STATUS_TYPES.get(error.status_code, "invalid_request_error"),
         headers=getattr(error, "headers", None),
     ),
-    InvalidRequestError: lambda error, _: bad_request(str(error), param=error.param),
+    InvalidRequestError: lambda error, _: bad_request(str(error), param=error.param, code=error.code),
     EngineDeadError: lambda error, _: APIError(
         503, f"engine failed: {error}", "service_unavailable_error", code="engine_dead",
     ),

@@ -47,14 +47,15 @@ def resolve_max_tokens(
     requested: int | None, prompt_tokens: int, max_model_len: int, param: str, limits: RequestLimits,
 ) -> int:
     """Fit max_tokens into the context window, or explain in a 400 why it cannot fit."""
-    check_prompt_tokens(prompt_tokens, limits, "messages" if param == "max_completion_tokens" else "prompt")
+    prompt_param = {"max_completion_tokens": "messages", "max_output_tokens": "input"}.get(param, "prompt")
+    check_prompt_tokens(prompt_tokens, limits, prompt_param)
     available = max_model_len - prompt_tokens
     if requested is None:
         if available < 1:
             raise bad_request(
                 f"This model's maximum context length is {max_model_len} tokens, "
                 f"but the prompt has {prompt_tokens} tokens.",
-                param="messages" if param == "max_completion_tokens" else "prompt",
+                param=prompt_param,
                 code="context_length_exceeded",
             )
         return available if limits.max_tokens_limit is None else min(available, limits.max_tokens_limit)

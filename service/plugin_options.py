@@ -15,13 +15,33 @@ from pydantic import BaseModel, ValidationError
 from engine.protocol import ModelInfo
 from service.errors import bad_request
 
+# OpenAI fields this server cannot honour, and what to send instead.
+_UNSUPPORTED_HINTS = {
+    "functions": "send tools",
+    "function_call": "send tool_choice",
+    "audio": "this server generates text only",
+    "prediction": "predicted outputs are not supported",
+    "reasoning_effort": "the served models do not reason in a separate channel",
+    "verbosity": "not supported",
+    "web_search_options": "this server has no web search",
+}
+
 
 def plugin_options(body: BaseModel, info: ModelInfo) -> dict[str, Any]:
-    """The validated options of each plugin the request names (absent plugins are left out)."""
+    """The validated options of each plugin the request names (absent plugins are left out).
+
+    Any other field the body does not define is a 400 naming it: a request is never served
+    without something it asked for.
+    """
     extras = body.model_extra or {}
     for name in info.disabled_options:
         if name in extras:
             raise bad_request(f"`{name}` is not enabled on this server", param=name, code="plugin_disabled")
+    for name in extras:
+        if name not in info.request_options:
+            hint = _UNSUPPORTED_HINTS.get(name, "see the README's list of supported fields")
+            raise bad_request(f"`{name}` is not supported by this server ({hint})", param=name,
+                              code="unsupported_parameter")
     options: dict[str, Any] = {}
     for name, model in info.request_options.items():
         if name not in extras:

@@ -3,10 +3,11 @@
 Ranges fixed by the API are checked here; bounds an operator sets (n, stop
 sequences, logprobs, prompt count) are checked against ``RequestLimits`` in
 ``service/limits.py``. Either way an out-of-range value is a 400 naming its
-``param`` before anything reaches the engine. Unknown fields are
-ignored, as vLLM does, so that clients sending newer OpenAI fields still work;
-the two request bodies keep them (``model_extra``) because plugins' per-request
-options arrive that way (``service/plugin_options.py``).
+``param`` before anything reaches the engine. Nothing is accepted and then ignored:
+an unknown field inside a message or a part is a 400, and the request bodies keep
+theirs (``model_extra``) only because plugins' per-request options arrive that way;
+``service/request_fields.py`` refuses the rest. Fields that are only metadata
+(``user``, ``metadata``, ``store: false``...) are accepted and documented as ignored.
 
 ``sampling_options`` is the one conversion from a request body to the engine's
 ``SamplingOptions`` (as vLLM's ``to_sampling_params``).
@@ -17,10 +18,13 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from engine.protocol import SamplingOptions
 from service.content_parts import ContentPart, ImageContentPart, TextContentPart, VideoContentPart
+from service.errors import bad_request
+from service.structured import GuidedFields, ResponseFormat, structured_output
+from service.tool_calls import MessageToolCall, ToolFields
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -30,6 +34,7 @@ TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Timeout = Annotated[float, Field(gt=0, le=86400)]
 StopText = Annotated[str, Field(min_length=1)]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 
 
 @functools.cache
@@ -41,8 +46,25 @@ def _numeric_only(annotation: object) -> bool:
     return bool(args & {int, float}) and str not in args and not any(get_args(a) for a in args if a is list)
 
 
+def _first_unencodable(value: object, path: str) -> str | None:
+    """The path of the first string holding a lone UTF-16 surrogate (JSON allows "\\ud800"; UTF-8 does not)."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(item, dict):
+            stack.extend((child, f"{where}.{key}" if where else str(key)) for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     @field_validator("*", mode="before")
     @classmethod
@@ -53,14 +75,36 @@ class _Request(BaseModel):
         return value
 
 
+class RequestBody(_Request):
+    """A whole request body, its text checked to be encodable."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable_text(cls, value: object) -> object:
+        """A lone surrogate would fail in the tokenizer or the response encoder (a 500): refuse it here."""
+        where = _first_unencodable(value, "")
+        if where is not None:
+            raise bad_request(f"{where or 'body'}: text contains a lone UTF-16 surrogate, which is not valid "
+                              "Unicode text", param=where or None, code="invalid_encoding")
+        return value
+
+
 class StreamOptions(_Request):
     include_usage: StrictBool = False
+    include_obfuscation: StrictBool | None = None  # padding against length side channels: none sent, ignored
 
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    # What the openai package writes back when a client appends a response's message: accepted, not read.
+    refusal: str | None = None
+    annotations: list[dict] | None = None
+    audio: None = None
+    function_call: None = None
 
     def text(self) -> str:
         """The text of the message (image and video parts left out)."""
@@ -77,8 +121,12 @@ class ChatMessage(_Request):
         return [(i, part) for i, part in enumerate(self.content) if not isinstance(part, TextContentPart)]
 
 
-class _SamplingFields(_Request):
-    """Fields shared by chat and completions."""
+class _SamplingFields(RequestBody, GuidedFields):
+    """Fields shared by chat and completions (and vLLM's extensions, through ``extra_body``).
+
+    Extra fields are kept: plugins' options arrive that way (``service/plugin_options.py``)."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
     n: PositiveInt = 1
@@ -90,8 +138,20 @@ class _SamplingFields(_Request):
     frequency_penalty: Penalty = 0.0
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    logit_bias: dict[str, Bias] | None = Field(None, max_length=1024)
     ignore_eos: StrictBool = Field(False, description="vLLM extension: keep generating past end-of-sequence")
+    top_k: Annotated[int, Field(ge=-1)] = Field(0, description="vLLM extension: 0 or -1 for every token")
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    min_tokens: NonNegativeInt = 0
+
+    # Metadata only: accepted and ignored (README, "OpenAI API").
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: StrictBool | None = None  # only false: this server keeps nothing
+    service_tier: Literal["auto", "default"] | None = None
+    prompt_cache_key: str | None = None  # prefix caching is automatic here
+    safety_identifier: str | None = None
 
     timeout_s: Timeout | None = Field(None, description="leanserve extension: this request's deadline (s)")
 
@@ -104,8 +164,23 @@ class _SamplingFields(_Request):
         """vLLM's count of alternatives per token, or None when logprobs are off."""
         raise NotImplementedError
 
+    def token_biases(self) -> dict[int, float] | None:
+        """``logit_bias`` keyed by token id; a key that is not one is a 400 naming it."""
+        if not self.logit_bias:
+            return None
+        biases = {}
+        for key, bias in self.logit_bias.items():
+            if not key.isascii() or not key.isdigit() or int(key) >= 2**31:
+                raise bad_request(f"logit_bias keys must be token ids (decimal strings), got {key!r}",
+                                  param=f"logit_bias.{key}", code="invalid_value")
+            biases[int(key)] = bias
+        return biases
+
     def sampling_options(self, max_tokens: int) -> SamplingOptions:
         """OpenAI defaults (temperature 1, top_p 1) applied where the client sent nothing."""
+        if self.store:
+            raise bad_request("store: true is not supported: this server keeps no responses", param="store",
+                              code="unsupported_value")
         return SamplingOptions(
             max_tokens=max_tokens,
             n=self.n,
@@ -117,15 +192,21 @@ class _SamplingFields(_Request):
             frequency_penalty=self.frequency_penalty,
             logprobs=self.requested_logprobs(),
             ignore_eos=self.ignore_eos,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            min_tokens=self.min_tokens,
+            logit_bias=self.token_biases(),
+            structured=structured_output(self, getattr(self, "response_format", None)),
         )
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(_SamplingFields, ToolFields):
     """POST /v1/chat/completions"""
 
-    model_config = ConfigDict(extra="allow")
-
     messages: list[ChatMessage] = Field(min_length=1)
+    response_format: ResponseFormat | None = None
+    modalities: list[Literal["text"]] | None = None
     max_completion_tokens: PositiveInt | None = None
     max_tokens: PositiveInt | None = Field(None, description="deprecated alias of max_completion_tokens")
     logprobs: StrictBool = False
@@ -147,8 +228,6 @@ PromptText = Annotated[str, Field(min_length=1)]
 
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions"""
-
-    model_config = ConfigDict(extra="allow")
 
     prompt: PromptText | list[PromptText] | PromptTokens | list[PromptTokens]
     max_tokens: PositiveInt | None = Field(None, description="default 16, capped by the server's limit")
@@ -175,106 +254,3 @@ class CompletionRequest(_SamplingFields):
         if prompt and isinstance(prompt[0], int):
             return [prompt]  # type: ignore[list-item]
         return list(prompt)  # type: ignore[arg-type]
-
-
-# Responses. The gateway builds them as plain dicts on the hot path; these models
-# document them in the OpenAPI spec (which clients and schemathesis check against).
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
-class Usage(BaseModel):
-    """Token counts; each active plugin may add an object of figures under its own name."""
-
-    model_config = ConfigDict(extra="allow")
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-
-class ChatTokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChatLogprobs(BaseModel):
-    content: list[ChatTokenLogprob] | None
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"]
-    content: str | None
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: AssistantMessage
-    logprobs: ChatLogprobs | None
-    finish_reason: str | None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-    system_fingerprint: str | None = None
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None
-    finish_reason: str | None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"]
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-    system_fingerprint: str | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-    max_model_len: int | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"]
-    data: list[ModelCard]
-
-
-class Status(BaseModel):
-    status: str
-    reason: str | None = None

@@ -6,9 +6,11 @@ as in OpenAI's API.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -24,16 +26,28 @@ from service.sse import DONE, encode_event, primed_event_stream
 DEFAULT_MAX_TOKENS = 16
 
 
-def completion_logprobs(entries: list[TokenLogprob], text_offset: int) -> dict:
-    """Engine logprobs -> the legacy completions ``logprobs`` object."""
+@dataclass(frozen=True)
+class Echo:
+    """``echo``: the prompt's text, returned before the completion, and its first token (no logprob)."""
+
+    text: str
+    first_token: str
+
+
+def completion_logprobs(entries: list[TokenLogprob | None], text_offset: int,
+                        first_token: str = "") -> dict:
+    """Engine logprobs -> the legacy completions ``logprobs`` object. A None entry is an echoed prompt's
+    first token (``first_token``), which nothing predicts: null logprob and alternatives, as OpenAI has it."""
     offsets = []
-    for entry in entries:
+    tokens = [first_token if entry is None else entry.token for entry in entries]
+    for token in tokens:
         offsets.append(text_offset)
-        text_offset += len(entry.token)
+        text_offset += len(token)
     return {
-        "tokens": [entry.token for entry in entries],
-        "token_logprobs": [entry.logprob for entry in entries],
-        "top_logprobs": [{top.token: top.logprob for top in entry.top} for entry in entries],
+        "tokens": tokens,
+        "token_logprobs": [None if entry is None else entry.logprob for entry in entries],
+        "top_logprobs": [None if entry is None else {top.token: top.logprob for top in entry.top}
+                         for entry in entries],
         "text_offset": offsets,
     }
 
@@ -43,8 +57,6 @@ def _prompt_tokens(requests: list[GenerationRequest]) -> int:
 
 
 def _check_unsupported(body: CompletionRequest) -> None:
-    if body.echo:
-        raise bad_request("echo is not supported", param="echo")
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -64,11 +76,13 @@ class CompletionServing:
         base_id = f"cmpl-{uuid.uuid4().hex}"
         requests = [await self._engine_request(f"{base_id}-{i}", prompt, body, options)
                     for i, prompt in enumerate(prompts)]
+        echoes = [await self._echo(prompt, request) for prompt, request in zip(prompts, requests, strict=True)
+                  ] if body.echo else None
         deltas = merge_streams([tracked_generation(self._context, request, scope) for request in requests])
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await primed_event_stream(self._events(base_id, requests, deltas, include_usage))
-        return JSONResponse(await self._collect(base_id, requests, deltas))
+            return await primed_event_stream(self._events(base_id, requests, deltas, include_usage, echoes))
+        return JSONResponse(await self._collect(base_id, requests, deltas, echoes))
 
     async def _engine_request(
         self, request_id: str, prompt: str | list[int], body: CompletionRequest, options: dict,
@@ -82,17 +96,39 @@ class CompletionServing:
         if requested is None:  # OpenAI's default for completions, within this server's cap
             requested = min(DEFAULT_MAX_TOKENS, limits.max_tokens_limit or DEFAULT_MAX_TOKENS)
         max_tokens = resolve_max_tokens(requested, len(prompt_ids), info.max_model_len, "max_tokens", limits)
-        return GenerationRequest(request_id, Prompt(prompt_ids), body.sampling_options(max_tokens), options)
+        sampling = body.sampling_options(max_tokens)
+        if body.echo and body.logprobs is not None:  # the echoed prompt's tokens get logprobs too
+            sampling = dataclasses.replace(sampling, prompt_logprobs=body.logprobs)
+        return GenerationRequest(request_id, Prompt(prompt_ids), sampling, options)
+
+    async def _echo(self, prompt: str | list[int], request: GenerationRequest) -> Echo:
+        engine = self._context.engine
+        text = prompt if isinstance(prompt, str) else await engine.detokenize(prompt)
+        first = await engine.detokenize(list(request.prompt.token_ids[:1])) if request.sampling.prompt_logprobs \
+            is not None else ""
+        return Echo(text, first)
 
     async def _collect(
         self, base_id: str, requests: list[GenerationRequest], deltas: AsyncIterator[tuple[int, GenerationDelta]],
+        echoes: list[Echo] | None,
     ) -> dict:
         n = requests[0].sampling.n
         total = len(requests) * n
         choices = ChoiceAccumulator(total, _prompt_tokens(requests))
+        prompt_logprobs: dict[int, list] = {}
         async for prompt_index, delta in deltas:
             choices.add(prompt_index * n + delta.index, delta)
+            if delta.prompt_logprobs is not None:
+                prompt_logprobs[prompt_index] = delta.prompt_logprobs
         wants_logprobs = requests[0].sampling.logprobs is not None
+
+        def text(i: int) -> str:
+            return (echoes[i // n].text if echoes else "") + choices.text(i)
+
+        def logprobs(i: int) -> dict:
+            echoed = prompt_logprobs.get(i // n, []) if echoes else []
+            return completion_logprobs([*echoed, *choices.logprobs[i]], 0, echoes[i // n].first_token if echoes else "")
+
         return {
             "id": base_id,
             "object": "text_completion",
@@ -101,8 +137,8 @@ class CompletionServing:
             "choices": [
                 {
                     "index": i,
-                    "text": choices.text(i),
-                    "logprobs": completion_logprobs(choices.logprobs[i], 0) if wants_logprobs else None,
+                    "text": text(i),
+                    "logprobs": logprobs(i) if wants_logprobs else None,
                     "finish_reason": choices.finish_reasons[i],
                 }
                 for i in range(total)
@@ -117,6 +153,7 @@ class CompletionServing:
         requests: list[GenerationRequest],
         deltas: AsyncIterator[tuple[int, GenerationDelta]],
         include_usage: bool,
+        echoes: list[Echo] | None,
     ) -> AsyncIterator[str]:
         header = {"id": base_id, "object": "text_completion", "created": int(time.time()),
                   "model": self._context.model_name}
@@ -125,19 +162,29 @@ class CompletionServing:
         n = requests[0].sampling.n
         wants_logprobs = requests[0].sampling.logprobs is not None
         text_offsets = [0] * (len(requests) * n)
+        echoed = [echoes is None] * (len(requests) * n)
+        prompt_logprobs: dict[int, list] = {}
         usage = UsageTally(_prompt_tokens(requests))
         try:
             async for prompt_index, delta in deltas:
                 index = prompt_index * n + delta.index
                 usage.add(delta)
-                if not delta.text and delta.finish_reason is None:
+                if delta.prompt_logprobs is not None:
+                    prompt_logprobs[prompt_index] = delta.prompt_logprobs
+                if not delta.text and delta.finish_reason is None and echoed[index]:
                     continue
+                text, entries, first_token = delta.text, delta.logprobs or [], ""
+                if not echoed[index]:  # the choice's first chunk starts with its prompt
+                    echoed[index] = True
+                    echo = echoes[prompt_index]
+                    text, first_token = echo.text + text, echo.first_token
+                    entries = [*prompt_logprobs.get(prompt_index, []), *entries]
                 logprobs = None
                 if wants_logprobs:
-                    logprobs = completion_logprobs(delta.logprobs or [], text_offsets[index])
-                text_offsets[index] += len(delta.text)
+                    logprobs = completion_logprobs(entries, text_offsets[index], first_token)
+                text_offsets[index] += len(text)
                 yield encode_event({**header, "choices": [
-                    {"index": index, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason},
+                    {"index": index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason},
                 ]})
         finally:
             await deltas.aclose()

@@ -19,6 +19,7 @@ from service.generation import GenerationContext
 from service.limits import RequestLimits
 from service.serving_chat import ChatCompletionServing
 from service.serving_completion import CompletionServing
+from service.serving_responses import ResponsesServing
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class ServerState:
     draining: bool = False
     chat: ChatCompletionServing | None = None
     completion: CompletionServing | None = None
+    responses: ResponsesServing | None = None
     background: list[asyncio.Task] = field(default_factory=list)
     on_fatal: Callable[[], None] | None = None
 
@@ -71,6 +73,7 @@ class ServerState:
         context = GenerationContext(engine, self.admission, self.model_name, self.limits)
         self.chat = ChatCompletionServing(context)
         self.completion = CompletionServing(context)
+        self.responses = ResponsesServing(context, self.chat)
         self.engine = engine
         metrics.set_engine_ready(self.model_name, True)
 

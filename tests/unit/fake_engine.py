@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from engine.protocol import EngineDeadError, GenerationDelta, GenerationRequest, InvalidRequestError, ModelInfo, Prompt
+from engine.tools import ToolCalling, ToolChoice, forced_tool_calling
 
 REPLY = "abcdefghijklmnopqrstuvwxyz"
 BAD_TEMPLATE = "{% bad"
@@ -32,11 +33,22 @@ class FakeEngine:
     async def tokenize(self, text: str) -> list[int]:
         return [ord(c) for c in text]
 
-    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> Prompt:
+    async def detokenize(self, token_ids: list[int]) -> str:
+        if any(token_id >= 0x110000 for token_id in token_ids):  # the "vocabulary": every code point
+            raise InvalidRequestError("token ids must be below the vocabulary size", param="tokens")
+        return "".join(chr(token_id) for token_id in token_ids)
+
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                          tools: list[dict] | None = None) -> Prompt:
         if any(m["content"] == BAD_TEMPLATE for m in messages):
             raise InvalidRequestError("the chat template failed to render: unexpected end of template",
-                                      param="messages")
+                                      param="messages", code="chat_template_error")
         return Prompt(await self.tokenize("".join(f"<{m['role']}>{m['content']}" for m in messages)))
+
+    def tool_calling(self, tools: list[dict], choice: ToolChoice, parallel: bool) -> ToolCalling:
+        if choice.mode == "auto":
+            raise InvalidRequestError("no tool-call format", param="tool_choice", code="unsupported_value")
+        return forced_tool_calling(tools, choice, parallel)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         count = request.sampling.max_tokens

@@ -21,8 +21,8 @@ class _NarrowerInvalid(InvalidRequestError):
 
 
 @pytest.mark.parametrize("error,expected", [
-    (InvalidRequestError("bad stop", param="stop"), (400, "invalid_request_error", "stop", None, "bad stop")),
-    (_NarrowerInvalid("bad", param="x"), (400, "invalid_request_error", "x", None, "bad")),
+    (InvalidRequestError("bad stop", param="stop"), (400, "invalid_request_error", "stop", "invalid_value", "bad stop")),
+    (_NarrowerInvalid("bad", param="x"), (400, "invalid_request_error", "x", "invalid_value", "bad")),
     (EngineDeadError("gone"), (503, "service_unavailable_error", None, "engine_dead", "engine failed: gone")),
     (RateLimited("budget", 7), (429, "rate_limit_error", None, "rate_limit_exceeded", "budget")),
     (AdmissionRejected("full"), (429, "rate_limit_error", None, "rate_limit_exceeded", "full")),

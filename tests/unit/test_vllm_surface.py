@@ -37,6 +37,7 @@ METRICS = "deploy/ (dashboard, alerts) + tests/integration/test_metrics.py"
 PLUGINS = "engine/registry.py (pyproject's vllm.general_plugins entry point) -> every plugin's register_in_vllm"
 SPARSE = "engine/plugins/sparse_prefill/backend.py (the sparse CPU_ATTN backend, its dense sub-batch, the runner)"
 SALT = "engine/vllm_convert.py + engine/plugins/sparse_prefill/plugin.py (prefix-cache salt)"
+OPENAI = "engine/vllm_convert.py + engine/vllm_args.py + engine/vllm_tool_calls.py (guided decoding, tools, echo)"
 VISUAL = "engine/plugins/visual_pruning/llava.py (the pruned LLaVA model, processor and [CLS] probe)"
 VISUAL_NEXT = "next: fixed-k image pruning for Qwen2.5-VL (shared/VLLM_INTERNALS.md)"
 VIDEO = "engine/plugins/video_pruning/ (EVS on the CPU runner, the Qwen2.5-VL position fix, token counts)"
@@ -63,6 +64,9 @@ SIGNATURES = [
                  "tensor_parallel_size seed max_model_len max_num_seqs gpu_memory_utilization kv_cache_memory_bytes "
                  "speculative_config pipeline_parallel_size distributed_executor_backend"))),
     *each(CONVERT, ("vllm.inputs.engine:tokens_input", "prompt_token_ids")),
+    *each(OPENAI, ("vllm.tool_parsers.hermes_tool_parser:Hermes2ProToolParser.extract_tool_calls",
+                   "model_output request"),
+          ("vllm.tool_parsers.hermes_tool_parser:Hermes2ProToolParser.__init__", "tokenizer")),
     *each(STATS, ("vllm.v1.metrics.loggers:StatLoggerBase.__init__", "vllm_config engine_index"),
           ("vllm.v1.metrics.loggers:StatLoggerBase.record",
            "scheduler_stats iteration_stats mm_cache_stats engine_idx")),
@@ -132,6 +136,15 @@ ATTRIBUTES = [
           ("vllm.v1.worker.gpu_input_batch:CachedRequestState", "sampling_params"),
           ("vllm.sampling_params:SamplingParams", "extra_args")),
     *each(SALT, ("vllm.inputs:TokensPrompt", "cache_salt")),
+    *each(OPENAI, ("vllm.sampling_params:SamplingParams", ("top_k min_p repetition_penalty min_tokens logit_bias "
+                                                           "structured_outputs prompt_logprobs skip_special_tokens")),
+          ("vllm.sampling_params:StructuredOutputsParams", "json regex choice grammar json_object"),
+          ("vllm.config:StructuredOutputsConfig", "backend disable_any_whitespace"),
+          ("vllm.engine.arg_utils:AsyncEngineArgs", "structured_outputs_config"),
+          ("vllm.outputs:RequestOutput", "prompt_logprobs prompt_token_ids"),
+          ("vllm.tool_parsers.hermes_tool_parser", "Hermes2ProToolParser"),
+          ("vllm.entrypoints.generate.base.protocol:ExtractedToolCallInformation", "tools_called tool_calls content"),
+          ("vllm.entrypoints.generate.base.protocol:FunctionCall", "name arguments")),
     *each(VISUAL, (LLAVA, "LlavaMultiModalProcessor LlavaDummyInputsBuilder LlavaProcessingInfo"),
           (f"{LLAVA}:LlavaProcessingInfo", "get_num_image_tokens get_max_image_tokens "
                                            "get_image_size_with_most_features get_hf_config"),

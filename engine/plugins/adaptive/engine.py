@@ -40,6 +40,7 @@ from engine.protocol import (
     StatsSink,
 )
 from engine.streams import merge_streams
+from engine.tools import ToolCalling, ToolChoice
 
 if TYPE_CHECKING:
     from engine.factory import EnginePlan
@@ -83,8 +84,15 @@ class AdaptiveEngine:
     async def tokenize(self, text: str) -> list[int]:
         return await self._engines["large"].tokenize(text)
 
-    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> Prompt:
-        return await self._engines["large"].render_chat(messages, add_generation_prompt)
+    async def detokenize(self, token_ids: list[int]) -> str:
+        return await self._engines["large"].detokenize(token_ids)
+
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                          tools: list[dict] | None = None) -> Prompt:
+        return await self._engines["large"].render_chat(messages, add_generation_prompt, tools)
+
+    def tool_calling(self, tools: list[dict], choice: ToolChoice, parallel: bool) -> ToolCalling:
+        return self._engines["large"].tool_calling(tools, choice, parallel)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         """Each of the ``n`` choices is its own switching sequence (seed + i when seeded), merged as they come."""
@@ -114,6 +122,11 @@ class AdaptiveEngine:
 
     async def _sequence(self, request: GenerationRequest, index: int) -> AsyncIterator[GenerationDelta]:
         policy = self._policy(request.options.get("adaptive"))
+        structured = request.sampling.structured
+        if policy is not None and structured is not None:  # a grammar's state does not survive a hand-over
+            raise InvalidRequestError("structured output (guided decoding) and adaptive switching cannot run "
+                                      "together: send \"adaptive\": {\"enabled\": false} with it",
+                                      param=structured.param, code="unsupported_value")
         active: Model = policy.active if policy is not None else "small"
         produced: list[int] = []
         tally = _Tally()
@@ -125,8 +138,10 @@ class AdaptiveEngine:
             inner = GenerationRequest(
                 request_id=f"{request.request_id}-{part}",
                 prompt=Prompt([*request.prompt.token_ids, *produced], request.prompt.multimodal),
-                sampling=dataclasses.replace(request.sampling, max_tokens=request.sampling.max_tokens - len(produced),
-                                             stop=()),  # watched across hand-overs (stops.py)
+                sampling=dataclasses.replace(  # stops are watched across hand-overs (stops.py)
+                    request.sampling, max_tokens=request.sampling.max_tokens - len(produced), stop=(),
+                    min_tokens=max(0, request.sampling.min_tokens - len(produced)),
+                    prompt_logprobs=request.sampling.prompt_logprobs if part == 0 else None),
                 options={**request.options, "adaptive": TapOptions(tap=tag)},
             )
             position = 0  # output positions of this engine request, as the tap counts them

@@ -32,7 +32,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 
 from engine.plugins.sparse_prefill.paged_attend import attend_kept_paged
-from engine.plugins.sparse_prefill.rows import EngineSparsity, StepPlan, plan_step
+from engine.plugins.sparse_prefill.rows import OPTIONS_KEY, EngineSparsity, StepPlan, plan_step
 from engine.plugins.sparse_prefill.wire import RecordSender, request_tag
 from kernels.token_sparse_attention import token_sparse_attention
 
@@ -150,7 +150,12 @@ class SparsePrefillAttentionImpl(CPUAttentionBackendImpl):
 
 
 def _requests_extra_args(num_reqs: int) -> list[Mapping[str, Any] | None]:
-    """Each request row's ``SamplingParams.extra_args``, in the input batch's order (= metadata rows)."""
+    """Each request row's ``SamplingParams.extra_args``, in the input batch's order (= metadata rows).
+
+    A request that asks for its prompt's log-probabilities (``echo`` with ``logprobs``) runs dense unless
+    it says ``"enabled": true`` itself (the quality benchmark does): rows a sparse layer dropped have no
+    attention output there, and their log-probabilities would be poor.
+    """
     runner = _RUNNER() if _RUNNER is not None else None
     if runner is None:
         return [None] * num_reqs
@@ -158,7 +163,11 @@ def _requests_extra_args(num_reqs: int) -> list[Mapping[str, Any] | None]:
     for request_id in runner.input_batch.req_ids[:num_reqs]:
         state = runner.requests.get(request_id)
         params = getattr(state, "sampling_params", None)
-        args.append(getattr(params, "extra_args", None))
+        extra = getattr(params, "extra_args", None)
+        if getattr(params, "prompt_logprobs", None) is not None and \
+                ((extra or {}).get(OPTIONS_KEY) or {}).get("enabled") is not True:
+            extra = {**(extra or {}), OPTIONS_KEY: {"enabled": False}}
+        args.append(extra)
     return args
 
 
