@@ -19,7 +19,15 @@ from engine.catalogue import resolve_model
 from engine.plugins.adaptive.engine import AdaptiveEngine, check_same_tokenizer
 from engine.plugins.adaptive.plugin import AdaptiveOptions, AdaptiveSettings
 from engine.plugins.adaptive.stops import StopWatcher
-from engine.protocol import GenerationDelta, GenerationRequest, InvalidRequestError, ModelInfo, Prompt, SamplingOptions
+from engine.protocol import (
+    GenerationDelta,
+    GenerationRequest,
+    InvalidRequestError,
+    ModelInfo,
+    Prompt,
+    SamplingOptions,
+    StructuredOutput,
+)
 from service.settings import Settings
 
 PROMPT = [100, 101, 102]
@@ -174,3 +182,19 @@ def test_stop_watcher_holds_back_only_what_may_begin_a_stop():
     assert watcher.feed("y tail") == ("", True)
     other = StopWatcher(["END"])
     assert other.feed("the EN") == ("the ", False) and other.flush() == "EN"
+
+
+def test_guided_decoding_is_refused_while_switching_and_served_with_switching_off():
+    channel = ScriptedChannel({"s": set(), "L": set()})
+    settings = AdaptiveSettings(adaptive_small="x", adaptive_threshold=1.0, adaptive_window=1, adaptive_min_dwell=2)
+    engine = AdaptiveEngine(ScriptedEngine("s", channel), ScriptedEngine("L", channel), channel, settings)
+    sampling = SamplingOptions(max_tokens=3, structured=StructuredOutput("json_object"))
+
+    async def collect(options):
+        request = GenerationRequest("r", Prompt(PROMPT), sampling, options)
+        return [delta async for delta in engine.generate(request)]
+
+    with pytest.raises(InvalidRequestError) as refused:
+        asyncio.run(collect({}))
+    assert refused.value.param == "response_format"
+    assert "".join(d.text for d in asyncio.run(collect({"adaptive": AdaptiveOptions(enabled=False)}))) == "sss"
