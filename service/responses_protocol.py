@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from service.errors import bad_request
 from service.protocol import RequestBody, Temperature, TopP
 from service.structured import JsonObjectFormat, TextFormat
-from service.tool_calls import FunctionName
+from service.tool_calls import FunctionDefinition, FunctionName
 
 
 class _Strict(BaseModel):
@@ -78,12 +78,10 @@ class TextConfig(_Strict):
     format: Annotated[TextFormat | JsonObjectFormat | JsonSchemaTextFormat, Field(discriminator="type")] | None = None
 
 
-class FunctionTool(_Strict):
+class FunctionTool(FunctionDefinition):
+    """A Responses tool: the chat function definition, flat, with its type beside it."""
+
     type: Literal["function"]
-    name: str = FunctionName
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: StrictBool | None = None
 
 
 class NamedFunction(_Strict):
