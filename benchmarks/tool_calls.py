@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="leanserve-tools-bench-")) / "server.log"
     command = [sys.executable, "-m", "service.cli", "serve", "--model", args.model, "--port", str(port),
-               "--max-model-len", "4096", "--kv-cache-gib", "2"]
+               "--max-model-len", "4096", "--kv-cache-gib", "2", "--enforce-eager"]  # quality, not speed
     process = start_server(command, log, f"http://127.0.0.1:{port}/ready", timeout_s=900)
     started = time.time()
     try:

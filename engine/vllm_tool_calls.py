@@ -46,18 +46,34 @@ def _held_back(text: str, tag: str) -> int:
     return 0
 
 
+_BARE_OPENINGS = ("{", "```json")
+
+
 class HermesCallParser:
     """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``: content until the first tag; each
     call is handed to vLLM's parser when its closing tag arrives, and sent whole (name and arguments
-    in one delta, a valid form of OpenAI's stream). Whitespace between calls is not content."""
+    in one delta, a valid form of OpenAI's stream). Whitespace between calls is not content.
 
-    def __init__(self, vllm_parser: Any) -> None:
+    Small Qwen2.5 models often leave the tags out and answer with the call's JSON alone (bare or in a
+    ```json fence): an answer that begins so is held back, and is a call if, whole, it is exactly one
+    ``{"name": <a declared tool>, "arguments": {...}}``; otherwise it is sent as content at the end.
+    """
+
+    def __init__(self, vllm_parser: Any, tool_names: Sequence[str] = ()) -> None:
         self._vllm_parser = vllm_parser  # vllm.tool_parsers.hermes_tool_parser.Hermes2ProToolParser
+        self._tool_names = frozenset(tool_names)
         self._buffer = ""
         self._calls = 0
         self._space = ""  # whitespace after a call: content only if more text follows
+        self._bare: str | None = ""  # the answer so far while it may be a bare call; None once it cannot
 
     def feed(self, text: str) -> ParsedText:
+        if self._bare is not None:
+            self._bare += text
+            start = self._bare.lstrip()
+            if any(start.startswith(o) or o.startswith(start) for o in _BARE_OPENINGS):
+                return ParsedText()  # may still be a bare call: wait
+            text, self._bare = self._bare, None
         self._buffer += text
         content: list[str] = []
         calls: list[ToolCallDelta] = []
@@ -81,6 +97,14 @@ class HermesCallParser:
 
     def finish(self) -> ParsedText:
         """An unterminated call (``max_tokens`` cut it) is parsed if its JSON is whole, else it is content."""
+        if self._bare is not None:
+            held, self._bare = self._bare, None
+            call = self._bare_call(held)
+            if call is not None:
+                return ParsedText(calls=(call,))
+            result = self.feed(held)
+            tail = self.finish()
+            return ParsedText(result.content + tail.content, result.calls + tail.calls)
         segment, self._buffer = self._buffer, ""
         if not segment.startswith(HERMES_START):
             return ParsedText(self._text(segment))
@@ -94,6 +118,18 @@ class HermesCallParser:
             return ""
         piece, self._space = self._space + piece, ""
         return piece
+
+    def _bare_call(self, text: str) -> ToolCallDelta | None:
+        body = text.strip().removeprefix("```json").removesuffix("```").strip()
+        try:
+            call = json.loads(body)
+        except ValueError:
+            return None
+        if not (isinstance(call, dict) and set(call) == {"name", "arguments"} and call["name"] in self._tool_names
+                and isinstance(call["arguments"], dict)):
+            return None
+        self._calls += 1
+        return ToolCallDelta(0, json.dumps(call["arguments"], ensure_ascii=False), new_call_id(), call["name"])
 
     def _parse(self, segment: str) -> ParsedText:
         info = self._vllm_parser.extract_tool_calls(segment, request=None)
@@ -120,7 +156,8 @@ def tool_calling(tokenizer: Any, tools: Sequence[Mapping[str, Any]], choice: Too
             param="tool_choice", code="unsupported_value")
     from vllm.tool_parsers.hermes_tool_parser import Hermes2ProToolParser
 
-    return ToolCalling(lambda: HermesCallParser(Hermes2ProToolParser(tokenizer)), skip_special_tokens=False)
+    names = [tool["function"]["name"] for tool in tools]
+    return ToolCalling(lambda: HermesCallParser(Hermes2ProToolParser(tokenizer), names), skip_special_tokens=False)
 
 
 def _calls_as_text(message: Mapping[str, Any]) -> str:

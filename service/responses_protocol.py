@@ -27,6 +27,7 @@ class InputText(_Strict):
     type: Literal["input_text", "output_text"]
     text: str
     annotations: list[dict] | None = None  # on output_text written back by a client: not read
+    logprobs: list[dict] | None = None  # likewise
 
 
 class InputImage(_Strict):

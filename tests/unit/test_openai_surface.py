@@ -194,3 +194,11 @@ def test_responses_non_streamed_and_streamed():
 def test_responses_refusals_name_the_responses_field(extra, param):
     error = error_of(post("/v1/responses", {"model": "fake", "input": "hi", **extra}))
     assert error["param"] == param, error
+
+
+def test_responses_output_items_can_be_sent_back_as_input():
+    first = post("/v1/responses", {"model": "fake", "input": "hi", "max_output_tokens": 2}).json()
+    again = post("/v1/responses", {"model": "fake", "max_output_tokens": 2,
+                                   "input": [{"role": "user", "content": "hi"}, *first["output"],
+                                             {"role": "user", "content": "more"}]})
+    assert again.status_code == 200, again.text

@@ -77,7 +77,7 @@ class _Tokenizer:
 def hermes() -> HermesCallParser:
     from vllm.tool_parsers.hermes_tool_parser import Hermes2ProToolParser
 
-    return HermesCallParser(Hermes2ProToolParser(_Tokenizer()))
+    return HermesCallParser(Hermes2ProToolParser(_Tokenizer()), ["get_weather", "add"])
 
 
 HERMES_TEXT = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
@@ -119,3 +119,18 @@ def test_templates_without_tools_get_them_described():
     assert all(set(m) == {"role", "content"} for m in messages)
     kept, tools = messages_for_template("{% for tool in tools %}{% endfor %}", history, TOOLS)
     assert kept is history and tools == TOOLS
+
+
+@pytest.mark.parametrize("text", ['{"name": "add", "arguments": {"a": 1, "b": 2}}',
+                                  '```json\n{\n  "name": "add",\n  "arguments": {"a": 1, "b": 2}\n}\n```'])
+@pytest.mark.parametrize("size", [1, 4, 1000])
+def test_hermes_bare_call_without_tags(text, size):
+    """What Qwen2.5-Coder-0.5B answers with tools (measured): the call's JSON alone, bare or fenced."""
+    content, calls = assemble(feed_in_pieces(hermes(), text, size))
+    assert content == "" and [(c["name"], json.loads(c["arguments"])) for c in calls] == [("add", {"a": 1, "b": 2})]
+
+
+@pytest.mark.parametrize("text", ['{"name": "unknown", "arguments": {}}', '{"a": 1}', "```python\nprint(1)\n```",
+                                  '  {"name": "add", "arguments": {"a": 1}} and more'])
+def test_hermes_json_that_is_not_a_declared_call_is_content(text):
+    assert assemble(feed_in_pieces(hermes(), text, 3)) == (text, [])
