@@ -102,7 +102,8 @@ def _validation_param(error: dict, body: Any) -> str | None:
 
 def _validation_error(error: RequestValidationError) -> APIError:
     """400, not FastAPI's 422, as OpenAI answers; the message names the first bad field."""
-    first = error.errors()[0] if error.errors() else {}
+    # The deepest error: of a union's members, the one that matched furthest says what is wrong.
+    first = max(error.errors(), key=lambda e: len(e.get("loc", ())), default={})
     if first.get("type") == "json_invalid":
         return bad_request(f"malformed JSON body: {first.get('msg', '')}", code="invalid_json")
     param = _validation_param(first, error.body)

@@ -6,7 +6,7 @@ sequences, logprobs, prompt count) are checked against ``RequestLimits`` in
 ``param`` before anything reaches the engine. Nothing is accepted and then ignored:
 an unknown field inside a message or a part is a 400, and the request bodies keep
 theirs (``model_extra``) only because plugins' per-request options arrive that way;
-``service/request_fields.py`` refuses the rest. Fields that are only metadata
+``service/plugin_options.py`` refuses the rest. Fields that are only metadata
 (``user``, ``metadata``, ``store: false``...) are accepted and documented as ignored.
 
 ``sampling_options`` is the one conversion from a request body to the engine's

@@ -202,3 +202,9 @@ def test_responses_output_items_can_be_sent_back_as_input():
                                    "input": [{"role": "user", "content": "hi"}, *first["output"],
                                              {"role": "user", "content": "more"}]})
     assert again.status_code == 200, again.text
+
+
+def test_unknown_field_inside_a_content_part_is_refused():
+    part = {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}
+    error = error_of(post("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [part]}]}))
+    assert error["code"] == "unsupported_parameter" and error["param"] == "messages.0.content.0.cache_control"
