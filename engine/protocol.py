@@ -138,12 +138,14 @@ class GenerationRequest:
     """One prompt and how to continue it.
 
     ``options`` holds per-request plugin options, keyed by plugin name, already validated.
+    ``trace_headers`` (W3C ``traceparent``) joins the engine's own spans to the gateway's trace.
     """
 
     request_id: str
     prompt: Prompt
     sampling: SamplingOptions
     options: Mapping[str, Any] = field(default_factory=dict)
+    trace_headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

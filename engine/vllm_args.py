@@ -31,6 +31,7 @@ FLAG_OF_ARG = {
     "gpu_memory_utilization": "--gpu-memory-utilization",
     "kv_cache_memory_bytes": "--kv-cache-gib",
     "seed": "--seed",
+    "otlp_traces_endpoint": "--otlp-traces-endpoint",
 }
 
 
@@ -49,6 +50,7 @@ def core_engine_args(settings: CoreSettings, model_path: str, served_model_name:
         "max_num_seqs": settings.max_num_seqs,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "kv_cache_memory_bytes": None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * (1 << 30)),
+        "otlp_traces_endpoint": settings.otlp_traces_endpoint,  # vLLM's llm_request spans join ours
     }
     args.update({name: value for name, value in optional.items() if value is not None})
     return args

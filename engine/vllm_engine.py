@@ -133,7 +133,8 @@ class VllmEngine:
             params = to_sampling_params(request.sampling, self._sampling_extra_args(request))
             request = replace(request, prompt=await with_decoded_videos(request.prompt))  # plugins see the frames
             prompt = to_vllm_prompt(request.prompt, self._processor_kwargs(request), self._cache_salt(request))
-            async for output in self._llm.generate(prompt, params, request.request_id):
+            async for output in self._llm.generate(prompt, params, request.request_id,
+                                                    trace_headers=request.trace_headers):
                 queue_time = engine_queue_time(output) if first else None
                 cached = output.num_cached_tokens if first else None
                 expanded = _expanded_tokens(output, request) if first else None

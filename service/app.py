@@ -20,12 +20,13 @@ from service.admission import AdmissionController
 from service.auth import ApiKeyAuth
 from service.errors import install_error_handlers
 from service.limits import RequestLimits
-from service.middleware import BodySizeLimit, RequestCounter
+from service.middleware import BodySizeLimit, RequestCounter, TracingMiddleware
 from service.rate_limit import KeyRateLimiter
 from service.request_log import RequestIdMiddleware
 from service.routes import build_router
 from service.settings import Settings
 from service.state import ServerState
+from service.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def create_app(settings: Settings, model_name: str, engine_factory: EngineFactor
     )
     limiter = KeyRateLimiter(settings.key_requests_per_minute, settings.key_tokens_per_minute)
     metrics.set_engine_ready(model_name, False)
+    tracing = Tracing(settings.otlp_traces_endpoint, model_name) if settings.otlp_traces_endpoint else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -110,15 +112,19 @@ def create_app(settings: Settings, model_name: str, engine_factory: EngineFactor
         await asyncio.gather(*state.background, return_exceptions=True)
         if state.engine is not None:
             await state.engine.shutdown()
+        if tracing is not None:
+            tracing.shutdown()
 
     app = FastAPI(title="leanserve", version="0.1.0", lifespan=lifespan)
     app.state.server = state
     app.openapi = _openapi_for_this_server(app, model_name, state.limits)
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(build_router(state, limiter, settings.request_timeout_s, settings.log_prompts))
-    # Added innermost first; a request passes request id -> counting -> auth -> body limit -> routes.
+    # Added innermost first; a request passes request id -> tracing -> counting -> auth -> body limit -> routes.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyAuth, keys=settings.api_keys, public_paths=settings.public_paths)
     app.add_middleware(RequestCounter, model_name=model_name)
+    if tracing is not None:  # outside the counter and auth: refused requests are traced too
+        app.add_middleware(TracingMiddleware, tracing=tracing)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -8,6 +8,7 @@ closes the engine stream, which aborts the engine request and frees its slot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -18,6 +19,7 @@ from service import metrics
 from service.admission import AdmissionController
 from service.errors import api_error, bad_request
 from service.limits import RequestLimits, check_prompt_tokens
+from service.tracing import GenerationPhases, RequestTrace
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,12 @@ class GenerationContext:
 @dataclass(frozen=True)
 class RequestScope:
     """Per-HTTP-request facts the generation path needs: when it arrived, when it must end,
-    and whom to tell how many tokens it used (per-key token budgets)."""
+    whom to tell how many tokens it used (per-key token budgets), and its trace (if traced)."""
 
     arrival_s: float
     deadline_s: float | None = None
     on_tokens: Callable[[int], None] | None = None
+    trace: RequestTrace | None = None
 
     def remaining_s(self) -> float | None:
         return None if self.deadline_s is None else self.deadline_s - time.monotonic()
@@ -83,9 +86,13 @@ async def tracked_generation(
     stats = metrics.RequestStats(arrival_s=scope.arrival_s, prompt_tokens=len(request.prompt.token_ids))
     last_token_at: dict[int, float] = {}
     finished = 0
+    phases = GenerationPhases(arrival_s=scope.arrival_s, slot_asked_s=time.monotonic())
+    usage = None
+    if scope.trace is not None:
+        request = dataclasses.replace(request, trace_headers=scope.trace.engine_headers())
     try:
         async with context.admission.slot(timeout_s=scope.remaining_s()):
-            admitted_s = time.monotonic()
+            admitted_s = phases.admitted_s = time.monotonic()
             try:
                 async with aclosing(context.engine.generate(request)) as stream:
                     while True:
@@ -98,6 +105,7 @@ async def tracked_generation(
                         if stats.scheduled_s is None:
                             stats.scheduled_s = admitted_s + (delta.queue_time_s or 0.0)
                         _record_tokens(stats, last_token_at, delta, now)
+                        usage = delta.usage or usage
                         if delta.finish_reason is not None:
                             finished += 1
                             stats.finish_reasons.append(delta.finish_reason)
@@ -109,8 +117,19 @@ async def tracked_generation(
                 metrics.record_request(context.model_name, stats)
                 if scope.on_tokens is not None:
                     scope.on_tokens(stats.prompt_tokens + stats.output_tokens)
+                if scope.trace is not None:
+                    scope.trace.add_generation(_traced_phases(phases, stats), usage)
     except TimeoutError as error:
         raise api_error(error) from error  # 408: the deadline passed
+
+
+def _traced_phases(phases: GenerationPhases, stats: metrics.RequestStats) -> GenerationPhases:
+    """The stats' timestamps and token counts, in the trace's terms (OpenTelemetry gen_ai names)."""
+    return dataclasses.replace(
+        phases, scheduled_s=stats.scheduled_s, first_token_s=stats.first_token_s, last_token_s=stats.last_token_s,
+        attributes={"gen_ai.usage.input_tokens": stats.prompt_tokens, "gen_ai.usage.output_tokens": stats.output_tokens,
+                    "gen_ai.response.finish_reasons": list(stats.finish_reasons)},
+    )
 
 
 def _record_tokens(

@@ -8,6 +8,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.errors import error_body
+from service.tracing import Tracing
+
+TRACE_SCOPE_FIELD = "leanserve.trace"  # scope["state"] key of the request's RequestTrace
 
 
 class BodySizeLimit:
@@ -92,3 +95,32 @@ class RequestCounter:
         finally:
             endpoint = path if path in _COUNTED_ENDPOINTS else "other"
             metrics.record_http_request(self.model_name, endpoint, status)
+
+
+class TracingMiddleware:
+    """One OpenTelemetry span per /v1 request (service/tracing.py), ended with its status code."""
+
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        trace = self.tracing.start_request(scope["method"], path, headers)
+        scope.setdefault("state", {})[TRACE_SCOPE_FIELD] = trace
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            trace.finish(status)

@@ -20,6 +20,7 @@ from service.auth import API_KEY_SCOPE_FIELD
 from service.errors import APIError
 from service.generation import RequestScope, validate_model
 from service.limits import check_request_limits
+from service.middleware import TRACE_SCOPE_FIELD
 from service.protocol import ChatCompletionRequest, CompletionRequest
 from service.rate_limit import KeyRateLimiter
 from service.response_models import (
@@ -114,10 +115,11 @@ def build_router(
         timeouts = [t for t in (request_timeout_s, body.timeout_s) if t is not None]
         deadline_s = arrival_s + min(timeouts) if timeouts else None
         api_key = request.scope.get("state", {}).get(API_KEY_SCOPE_FIELD)
+        trace = request.scope.get("state", {}).get(TRACE_SCOPE_FIELD)
         if api_key is None or not limiter.enabled:
-            return RequestScope(arrival_s, deadline_s)
+            return RequestScope(arrival_s, deadline_s, trace=trace)
         limiter.admit(api_key)
-        return RequestScope(arrival_s, deadline_s, lambda tokens: limiter.charge_tokens(api_key, tokens))
+        return RequestScope(arrival_s, deadline_s, lambda tokens: limiter.charge_tokens(api_key, tokens), trace)
 
     async def serve(request: Request, body: Generation, create) -> Response:
         try:

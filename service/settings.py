@@ -45,6 +45,9 @@ class CoreSettings(BaseSettings):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     kv_cache_gib: float | None = Field(None, gt=0, description="KV cache size in GiB (default: 4 on CPU, vLLM's choice on GPU)")
     seed: int = 0
+    otlp_traces_endpoint: str | None = Field(
+        None, description="OTLP collector for request traces, leanserve's and vLLM's (gRPC; "
+                          "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf for OTLP/HTTP)")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="NAME=VALUE: any other vLLM engine argument (repeat; value as JSON or text)")
 

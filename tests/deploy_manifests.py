@@ -52,6 +52,16 @@ def _load_yaml(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def alert_groups() -> list[dict]:
+    """The rule groups of the PrometheusRule that every overlay deploys (base/prometheusrule.yaml).
+
+    A PrometheusRule's ``spec.groups`` is a Prometheus rule file's ``groups``: promtool and the
+    tests' Prometheus load these, so what is tested is what the Operator deploys.
+    """
+    [rule] = [doc for doc in _load_yaml(DEPLOY / "base" / "prometheusrule.yaml") if doc["kind"] == "PrometheusRule"]
+    return rule["spec"]["groups"]
+
+
 def alert_expressions() -> dict[str, str]:
     """{alert name: PromQL} from every PrometheusRule under deploy/."""
     found = {}
@@ -105,6 +115,13 @@ def dashboard_queries() -> dict[str, str]:
             query = variable["query"]
             found[f"variable {variable['name']}"] = query["query"] if isinstance(query, dict) else query
     return found
+
+
+def panel_targets(title: str) -> list[str]:
+    """The PromQL of every target of the dashboard panel called ``title``, in order."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    flat = [*panels, *(child for panel in panels for child in panel.get("panels", []))]
+    return [target["expr"] for panel in flat if panel["title"] == title for target in panel.get("targets", [])]
 
 
 def metric_names(queries: dict[str, str]) -> set[str]:

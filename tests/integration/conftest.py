@@ -15,6 +15,7 @@ import pytest
 from benchmarks.local_server import free_port, start_server, stop_server
 from engine.catalogue import resolve_model
 from service.settings import Settings
+from tests.otlp_receiver import OtlpReceiver
 
 API_KEY = "test-key-1"
 SECOND_API_KEY = "test-key-2"
@@ -46,14 +47,22 @@ def serve_command(port: int, *flags: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def server() -> Server:
+def otlp() -> OtlpReceiver:
+    """An OTLP trace receiver the session's servers export to (tests/otlp_receiver.py)."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def server(otlp: OtlpReceiver) -> Server:
     port = free_port()
     log_path = Path(tempfile.mkdtemp(prefix="leanserve-test-")) / "server.log"
     command = serve_command(
         port,
         "--api-key", API_KEY, "--api-key", SECOND_API_KEY, "--max-model-len", str(MAX_MODEL_LEN),
         "--max-body-bytes", str(MAX_BODY_BYTES), "--max-running-requests", str(MAX_RUNNING),
-        "--max-queued-requests", str(MAX_QUEUED), "--kv-cache-gib", "1",
+        "--max-queued-requests", str(MAX_QUEUED), "--kv-cache-gib", "1", "--otlp-traces-endpoint", otlp.endpoint,
     )
     base_url = f"http://127.0.0.1:{port}"
     process = start_server(command, log_path, f"{base_url}/ready", timeout_s=_START_TIMEOUT_S)

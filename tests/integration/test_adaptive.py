@@ -11,6 +11,7 @@ models is measured in benchmarks/, not here.
 from __future__ import annotations
 
 import json
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ import httpx
 import pytest
 
 from benchmarks.local_server import free_port, start_server, stop_server
+from tests.otlp_receiver import OtlpReceiver
+from tests.prometheus import evaluate_panels
 
 from .conftest import MAX_MODEL_LEN, Server, sample, scrape, serve_command
 
@@ -27,11 +30,11 @@ MAX_TOKENS = 48
 
 
 @pytest.fixture(scope="module")
-def adaptive_server(server: Server) -> Server:
+def adaptive_server(server: Server, otlp: OtlpReceiver) -> Server:
     port = free_port()
     log_path = Path(tempfile.mkdtemp(prefix="leanserve-adaptive-")) / "server.log"
     command = serve_command(port, "--adaptive-small", "default", "--dtype", "float32", "--max-model-len",
-                            str(MAX_MODEL_LEN), "--kv-cache-gib", "1")
+                            str(MAX_MODEL_LEN), "--kv-cache-gib", "1", "--otlp-traces-endpoint", otlp.endpoint)
     base_url = f"http://127.0.0.1:{port}"
     process = start_server(command, log_path, f"{base_url}/ready", timeout_s=600)
     try:
@@ -182,3 +185,32 @@ def test_stop_strings_hold_across_hand_overs(adaptive_server, cut):
     reply = httpx.post(f"{adaptive_server.base_url}/v1/chat/completions", json=body, timeout=300).json()
     assert reply["choices"][0]["message"]["content"] == reference[: reference.index(stop)]
     assert reply["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_trace_carries_the_plugins_figures_and_each_engine_part(adaptive_server, otlp):
+    trace_id = secrets.token_hex(16)
+    body = {"model": adaptive_server.model, "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": MAX_TOKENS, "temperature": 0, "adaptive": {"threshold": 2.5}}
+    reply = httpx.post(f"{adaptive_server.base_url}/v1/chat/completions", json=body, timeout=300,
+                       headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
+    figures = reply.json()["usage"]["adaptive"]
+    assert figures["switches"] > 0, figures
+    spans = otlp.wait_for(trace_id, {"POST /v1/chat/completions", "decode", "llm_request"})
+    [root] = [span for span in spans if span.name == "POST /v1/chat/completions"]
+    for figure, value in figures.items():
+        assert root.attributes[f"leanserve.adaptive.{figure}"] == value
+    # Every hand-over starts a new engine request: vLLM traces each finished one under our span.
+    parts = [span for span in spans if span.name == "llm_request"]
+    assert 1 <= len(parts) <= figures["switches"] + 1
+    assert all(part.parent_span_id == root.span_id for part in parts)
+
+
+def test_the_dashboard_panels_show_the_switching(adaptive_server, tmp_path):
+    writers_title = "Adaptive switching: tokens by writer"
+    share_title = "Adaptive switching: large-model share, hand-overs and catch-up"
+    found = evaluate_panels(adaptive_server.base_url, tmp_path, [writers_title, share_title],
+                            lambda: _chat(adaptive_server, {"threshold": 2.5}))
+    [by_writer] = found[writers_title]
+    assert {labels["writer"] for labels, value in by_writer if value > 0} == {"small", "large"}
+    share, switches_per_token, catchup_per_switch = (result[0][1] for result in found[share_title])
+    assert 0 < share < 1 and 0 < switches_per_token < 1 and catchup_per_switch > 0

@@ -24,6 +24,7 @@ from benchmarks.local_server import free_port, start_server, stop_server
 from engine.catalogue import resolve_model
 from engine.plugins.sparse_prefill.drift import load_layer_list
 from service.settings import Settings
+from tests.prometheus import evaluate_panels
 
 from .conftest import Server, sample, scrape, serve_command
 
@@ -171,3 +172,18 @@ def test_a_server_without_the_flag_refuses_the_field(server):
         "model": server.model, "prompt": "Hello", "max_tokens": 2, "sparse_prefill": {"enabled": False}})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "sparse_prefill"
+
+
+def test_the_dashboard_panels_show_what_each_layer_kept(sparse, sparse_server, tmp_path):
+    kept_title = "Sparse prefill (TSA): share of prompt tokens each sparse layer kept"
+    time_title = "Sparse prefill (TSA): attention time and prompts"
+    offsets = iter((340_000, 380_000))  # fresh text each round: a prefix-cache hit would run dense
+    found = evaluate_panels(sparse_server.base_url, tmp_path, [kept_title, time_title],
+                            lambda: complete(sparse, sparse_server, passage(next(offsets), 9000), max_tokens=2))
+    [kept] = found[kept_title]
+    layers = load_layer_list(str(sparse_server.model_dir))
+    assert {int(labels["layer"]) for labels, _ in kept} == set(layers)
+    assert all(0 < share < 1 for _, share in kept)
+    attention, prompts = found[time_title]
+    assert all(seconds > 0 for _, seconds in attention)
+    assert {labels["path"] for labels, rate in prompts if rate > 0} == {"sparse"}

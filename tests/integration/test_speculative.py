@@ -27,6 +27,7 @@ import pytest
 
 from benchmarks.bench.chat_prompts import CHAT_PROMPTS
 from benchmarks.local_server import free_port, start_server, stop_server
+from tests.prometheus import evaluate_panels
 
 from .conftest import MAX_MODEL_LEN, Server, serve_command
 
@@ -140,3 +141,18 @@ def test_greedy_output_is_token_identical_with_speculation(
     assert _counter(metrics, "leanserve_spec_decode_draft_tokens") > 0, f"{method} never drafted"
     assert _counter(metrics, "leanserve_spec_decode_accepted_tokens") > 0, f"{method} never had a draft accepted"
     assert re.search(rf'leanserve_spec_decode_mean_accepted_length{{method="{method.split(":")[0]}"', metrics)
+
+
+def test_the_dashboard_panel_shows_accepted_drafts(server: Server, speculative_server: tuple[str, str], tmp_path):
+    method, base_url = speculative_server
+    title = "Speculative decoding: accepted drafts"
+    prompts = iter(CODE_PROMPTS)
+
+    def one_code_completion() -> None:
+        body = {"model": server.model, "prompt": next(prompts), "temperature": 0, "max_tokens": MAX_TOKENS}
+        httpx.post(f"{base_url}/v1/completions", json=body, timeout=300).raise_for_status()
+
+    found = evaluate_panels(base_url, tmp_path, [title], one_code_completion)
+    [(labels, mean_length)], [(_, acceptance)] = found[title]
+    assert labels["method"] == method.split(":")[0]
+    assert 1 < mean_length and 0 < acceptance <= 1, (mean_length, acceptance)

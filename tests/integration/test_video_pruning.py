@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from benchmarks.local_server import free_port, start_server, stop_server
+from tests.prometheus import evaluate_panels
 from tests.videos import mp4_bytes, video_data_url
 
 from .conftest import Server, sample, scrape, serve_command
@@ -179,3 +180,13 @@ def test_a_model_without_video_refuses_it(client, server):
         client.chat.completions.create(model=server.model, messages=messages(video_part(url)), max_tokens=2)
     assert caught.value.body["code"] == "unsupported_modality"
     assert caught.value.body["param"] == "messages[0].content[0]"
+
+
+def test_the_dashboard_panel_shows_the_share_pruned(qwen_vl, qwen_vl_server, tmp_path):
+    title = "Video pruning (EVS): video tokens encoded vs prefilled"
+    seeds = iter(range(40, 50))
+    found = evaluate_panels(qwen_vl_server.base_url, tmp_path, [title],
+                            lambda: ask(qwen_vl, messages(video_part(video_data_url(mp4_bytes(seed=next(seeds)))))))
+    by_stage, [(_, pruned_share)] = found[title]
+    assert {labels["stage"] for labels, value in by_stage if value > 0} == {"encoded", "kept"}
+    assert pruned_share == pytest.approx(1 - VIDEO_TOKENS_AFTER / VIDEO_TOKENS_BEFORE, abs=1e-6)

@@ -28,6 +28,7 @@ from engine.catalogue import resolve_model
 from engine.plugins.visual_pruning import selection
 from kernels.visual_token_selection import reference
 from service.settings import Settings
+from tests.prometheus import evaluate_panels
 
 from .conftest import Server, sample, scrape, serve_command
 
@@ -239,3 +240,14 @@ def test_concurrent_requests_with_different_budgets_each_get_their_own(vlm, trac
         assert response.usage.model_extra["visual_pruning"]["image_tokens_after"] == kept
     traced = sorted(len(index) for trace in new_traces(trace_dir, before) for index in trace["kept"])
     assert traced == sorted(expected)
+
+
+def test_the_dashboard_panel_shows_the_share_pruned(vlm, vlm_server, tmp_path):
+    title = "Visual pruning: image tokens encoded vs prefilled"
+    seeds = iter(range(500, 510))
+    found = evaluate_panels(vlm_server.base_url, tmp_path, [title],
+                            lambda: ask(vlm, image_messages(image_url(64, 64, seed=next(seeds))), {"keep": 0.25}))
+    by_stage, [(_, pruned_share)] = found[title]
+    stages = {(labels["method"], labels["stage"]) for labels, value in by_stage if value > 0}
+    assert stages == {("divprune", "encoded"), ("divprune", "kept")}
+    assert pruned_share == pytest.approx(1 - round(0.25 * TOKENS_PER_IMAGE) / TOKENS_PER_IMAGE, abs=1e-6)

@@ -12,7 +12,8 @@ from service.cli import main as cli_main
 from service.settings import Settings
 
 ENGINE_FLAGS = dict(max_model_len=1024, dtype="bfloat16", enforce_eager=True, max_num_seqs=3,
-                    tensor_parallel_size=2, gpu_memory_utilization=0.5, kv_cache_gib=0.5, seed=7)
+                    tensor_parallel_size=2, gpu_memory_utilization=0.5, kv_cache_gib=0.5, seed=7,
+                    otlp_traces_endpoint="http://collector:4317")
 
 
 def test_every_engine_flag_reaches_the_engine_args():
@@ -20,7 +21,7 @@ def test_every_engine_flag_reaches_the_engine_args():
     assert args == {
         "model": "/models/m", "served_model_name": ["served"], "max_model_len": 1024, "dtype": "bfloat16",
         "enforce_eager": True, "max_num_seqs": 3, "tensor_parallel_size": 2, "gpu_memory_utilization": 0.5,
-        "kv_cache_memory_bytes": 1 << 29, "seed": 7,
+        "kv_cache_memory_bytes": 1 << 29, "seed": 7, "otlp_traces_endpoint": "http://collector:4317",
     }
     assert set(args) == set(FLAG_OF_ARG)
     for flag in FLAG_OF_ARG.values():  # each named flag exists

@@ -143,6 +143,7 @@ class AdaptiveEngine:
                     min_tokens=max(0, request.sampling.min_tokens - len(produced)),
                     prompt_logprobs=request.sampling.prompt_logprobs if part == 0 else None),
                 options={**request.options, "adaptive": TapOptions(tap=tag)},
+                trace_headers=request.trace_headers,  # each part is one llm_request span in the trace
             )
             position = 0  # output positions of this engine request, as the tap counts them
             try:
