@@ -11,14 +11,16 @@ core) and reports its slope, and checks that the running gauge returns to 0.
 
     python -m benchmarks.soak --duration-s 600 --concurrency 16
 
-Memory pressure (``--prompt-words``, a small ``--kv-cache-gib``): long, distinct prompts
-whose KV cache the engine cannot hold all at once, so vLLM preempts running requests and
-recomputes them later. Every accepted request must still end complete; the report counts
-vLLM's preemptions (``vllm:num_preemptions_total``) and splits resident memory into the
-API process and the engine core, so a slope can be pinned on one of them.
+Memory pressure (``--prompt-words``, ``--max-tokens`` and a small ``--kv-cache-gib``):
+long, distinct prompts and long answers whose KV cache the engine cannot hold all at once.
+vLLM admits a request only while its prompt fits, so it is the answers' growth that runs the
+cache out: vLLM then preempts running requests and recomputes them later. Every accepted
+request must still end complete; the report counts vLLM's preemptions
+(``vllm:num_preemptions_total``) and splits resident memory into the API process and the
+engine processes, so a slope can be pinned on one of them.
 
-    python -m benchmarks.soak --duration-s 1500 --concurrency 12 --max-running 8 \
-        --prompt-words 1200 --kv-cache-gib 0.25 --max-model-len 2048 --out benchmarks/results/soak_kv
+    python -m benchmarks.soak --duration-s 1200 --concurrency 12 --max-running 8 --prompt-words 600 \
+        --max-tokens 384 --kv-cache-gib 0.1 --max-model-len 2048 --out benchmarks/results/soak_kv
 """
 
 from __future__ import annotations

@@ -152,7 +152,11 @@ def test_the_dashboard_panel_shows_accepted_drafts(server: Server, speculative_s
         body = {"model": server.model, "prompt": next(prompts), "temperature": 0, "max_tokens": MAX_TOKENS}
         httpx.post(f"{base_url}/v1/completions", json=body, timeout=300).raise_for_status()
 
-    found = evaluate_panels(base_url, tmp_path, [title], one_code_completion)
+    length_title = "Speculative decoding: accepted length"
+    found = evaluate_panels(base_url, tmp_path, [title, length_title], one_code_completion)
     [(labels, mean_length)], [(_, acceptance)] = found[title]
     assert labels["method"] == method.split(":")[0]
     assert 1 < mean_length and 0 < acceptance <= 1, (mean_length, acceptance)
+    [by_position] = found[length_title]
+    shares = {int(labels["position"]): share for labels, share in by_position}
+    assert 0 in shares and shares[0] > 0 and all(0 <= share <= 1.01 for share in shares.values()), shares
