@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -70,57 +71,58 @@ class BodySizeLimit:
 _COUNTED_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
 
 
-class RequestCounter:
+class _V1Observer:
+    """Base of middleware that watches each /v1 request and learns its status code when it ends
+    (500 if the app raised before answering); other paths and scopes pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        on_end = self.started(scope, path)
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            on_end(status)
+
+    def started(self, scope: Scope, path: str) -> Callable[[int], None]:
+        """Called as a /v1 request starts; returns what to call with its status code at the end."""
+        raise NotImplementedError
+
+
+class RequestCounter(_V1Observer):
     """Count responses of the /v1 routes by endpoint and status code (unknown paths as "other")."""
 
     def __init__(self, app: ASGIApp, model_name: str) -> None:
-        self.app = app
+        super().__init__(app)
         self.model_name = model_name
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        finally:
-            endpoint = path if path in _COUNTED_ENDPOINTS else "other"
-            metrics.record_http_request(self.model_name, endpoint, status)
+    def started(self, scope: Scope, path: str) -> Callable[[int], None]:
+        endpoint = path if path in _COUNTED_ENDPOINTS else "other"
+        return lambda status: metrics.record_http_request(self.model_name, endpoint, status)
 
 
-class TracingMiddleware:
+class TracingMiddleware(_V1Observer):
     """One OpenTelemetry span per /v1 request (service/tracing.py), ended with its status code."""
 
     def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
-        self.app = app
+        super().__init__(app)
         self.tracing = tracing
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
+    def started(self, scope: Scope, path: str) -> Callable[[int], None]:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         trace = self.tracing.start_request(scope["method"], path, headers)
         scope.setdefault("state", {})[TRACE_SCOPE_FIELD] = trace
-        status = 500
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        finally:
-            trace.finish(status)
+        return trace.finish
