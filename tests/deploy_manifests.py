@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "leanserve-dashboard.json"
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
+# Oldest and newest Kubernetes minor versions the manifests are checked against.
+K8S_VERSIONS = ("1.29.0", "1.37.0")
 # Metric names in PromQL: leanserve's own and vLLM's (which uses ':' in its names).
 METRIC_NAME = re.compile(r"(?<![\w:])((?:leanserve_|vllm:)[A-Za-z0-9_:]+)")
 
@@ -46,6 +48,23 @@ def render(directory: Path) -> list[dict]:
     if result.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {directory} failed:\n{result.stderr}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one_of_kind(docs: list[dict], kind: str) -> dict:
+    """The one rendered document of ``kind`` (fails when there are none or several)."""
+    matches = [doc for doc in docs if doc["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
+    return matches[0]
+
+
+def validate_strictly(doc: dict, version: str, where: str) -> None:
+    """Raise AssertionError naming ``where`` unless ``doc`` validates against Kubernetes ``version``'s schema."""
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        raise AssertionError(f"{where} invalid for {version}: {error}") from error
 
 
 def _load_yaml(path: Path) -> list[dict]:

@@ -136,6 +136,10 @@ class Prometheus:
         values = [float(v) for series in data["result"] for _, v in series["values"]]
         return max((v for v in values if not math.isnan(v)), default=math.nan)
 
+    def series(self, selector: str) -> list[dict]:
+        """The label sets of every series ``selector`` matches (as prometheus-adapter discovers them)."""
+        return self._api("series", **{"match[]": selector})
+
     def rules(self) -> list[dict]:
         """Every loaded alerting rule with its health and state."""
         return [rule for group in self._api("rules")["groups"] for rule in group["rules"]]

@@ -143,7 +143,7 @@ def test_queue_depth_seen_by_dashboard_hpa_and_keda(scraped_load):
     hpa_query = (rule["metricsQuery"].replace("<<.Series>>", "leanserve_requests_waiting")
                  .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{POD}"').replace("<<.GroupBy>>", "pod"))
     assert prometheus.range_max(hpa_query, before, after) == peak_waiting
-    series = prometheus._api("series", **{"match[]": rule["seriesQuery"]})
+    series = prometheus.series(rule["seriesQuery"])
     assert series and all(item["namespace"] == NAMESPACE and item["pod"] == POD for item in series)
 
     keda = yaml.safe_load((DEPLOY / "components" / "keda" / "scaledobject.yaml").read_text())

@@ -18,12 +18,10 @@ import yaml
 
 from service.settings import Settings
 from tests.deploy_manifests import (
-    DASHBOARD, DEPLOY, OVERLAYS, ROOT, alert_expressions, autoscaler_queries, dashboard_queries, deploy_copy,
-    metric_names, render,
+    DASHBOARD, DEPLOY, K8S_VERSIONS, OVERLAYS, ROOT, alert_expressions, autoscaler_queries, dashboard_queries, deploy_copy,
+    metric_names, one_of_kind, render, validate_strictly,
 )
 
-# Oldest and newest Kubernetes minor versions the manifests are checked against.
-K8S_VERSIONS = ("1.29.0", "1.37.0")
 # Custom resources: their CRDs' schemas are not in kubernetes-validate; checked structurally below.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -49,14 +47,8 @@ def rendered(deploy_dir) -> dict[str, list[dict]]:
     return {name: render(deploy_dir / name) for name in names}
 
 
-def _one(docs: list[dict], kind: str) -> dict:
-    matches = [doc for doc in docs if doc["kind"] == kind]
-    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
-    return matches[0]
-
-
 def _container(docs: list[dict]) -> dict:
-    containers = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers = one_of_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     return next(c for c in containers if c["name"] == "leanserve")
 
 
@@ -78,18 +70,13 @@ def test_overlays_render_the_expected_kinds(rendered):
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_manifest_validates_against_the_kubernetes_schema(rendered, version):
-    import kubernetes_validate
-
     checked, skipped = 0, set()
     for name, docs in rendered.items():
         for doc in docs:
             if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
                 skipped.add(doc["kind"])
                 continue
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                pytest.fail(f"{name}: {doc['kind']}/{doc['metadata']['name']} invalid for {version}: {error}")
+            validate_strictly(doc, version, f"{name}: {doc['kind']}/{doc['metadata']['name']}")
             checked += 1
     assert checked >= 20
     assert skipped == {kind for _, kind in CRD_KINDS}
@@ -98,22 +85,22 @@ def test_every_manifest_validates_against_the_kubernetes_schema(rendered, versio
 def test_custom_resources_have_their_required_fields(rendered):
     for overlay in OVERLAYS:
         docs = rendered[overlay]
-        service = _one(docs, "Service")
-        monitor = _one(docs, "ServiceMonitor")["spec"]
+        service = one_of_kind(docs, "Service")
+        monitor = one_of_kind(docs, "ServiceMonitor")["spec"]
         assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
         port_names = {port["name"] for port in service["spec"]["ports"]}
         assert monitor["endpoints"] and all(e["port"] in port_names for e in monitor["endpoints"])
         assert all(e["path"] == "/metrics" for e in monitor["endpoints"])
 
-        groups = _one(docs, "PrometheusRule")["spec"]["groups"]
+        groups = one_of_kind(docs, "PrometheusRule")["spec"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
         assert all(group["name"] and group["rules"] for group in groups)
         for rule in rules:
             assert rule["alert"] and rule["expr"].strip() and rule["labels"]["severity"] in {"warning", "critical"}
             assert rule["annotations"]["summary"]
 
-    scaled = _one(rendered["overlays/cpu-keda"], "ScaledObject")["spec"]
-    deployment = _one(rendered["overlays/cpu-keda"], "Deployment")
+    scaled = one_of_kind(rendered["overlays/cpu-keda"], "ScaledObject")["spec"]
+    deployment = one_of_kind(rendered["overlays/cpu-keda"], "Deployment")
     assert scaled["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert scaled["minReplicaCount"] >= 1 and scaled["maxReplicaCount"] >= scaled["minReplicaCount"]
     [trigger] = scaled["triggers"]
@@ -141,11 +128,11 @@ def test_probes_and_ports_match_the_server():
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_deployment_probes_ports_and_shutdown(rendered, overlay):
     docs = rendered[overlay]
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = one_of_kind(docs, "Deployment")["spec"]["template"]["spec"]
     container = _container(docs)
     [port] = container["ports"]
     assert port["containerPort"] == Settings.model_fields["port"].default
-    config = _one(docs, "ConfigMap")["data"]
+    config = one_of_kind(docs, "ConfigMap")["data"]
     assert int(config.get("LEANSERVE_PORT", port["containerPort"])) == port["containerPort"]
     assert config["LEANSERVE_HOST"] == "0.0.0.0"
 
@@ -165,12 +152,12 @@ def test_deployment_probes_ports_and_shutdown(rendered, overlay):
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
 
-    service = _one(docs, "Service")
+    service = one_of_kind(docs, "Service")
     [service_port] = service["spec"]["ports"]
     assert service_port["port"] == 8000 and service_port["targetPort"] in (port["name"], port["containerPort"])
-    labels = _one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = one_of_kind(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert one_of_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_gpu_overlay_requests_a_gpu_and_cpu_overlay_does_not(rendered):
@@ -184,13 +171,13 @@ def test_gpu_overlay_requests_a_gpu_and_cpu_overlay_does_not(rendered):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_and_secret_keys_are_real_settings(rendered, overlay, monkeypatch):
     docs = rendered[overlay]
-    config = _one(docs, "ConfigMap")["data"]
-    secret = _one(docs, "Secret")["data"]
+    config = one_of_kind(docs, "ConfigMap")["data"]
+    secret = one_of_kind(docs, "Secret")["data"]
     assert set(secret) == {"LEANSERVE_API_KEYS"}
     container = _container(docs)
     refs = {(kind, ref[kind]["name"]) for ref in container["envFrom"] for kind in ref}
-    assert refs == {("configMapRef", _one(docs, "ConfigMap")["metadata"]["name"]),
-                    ("secretRef", _one(docs, "Secret")["metadata"]["name"])}
+    assert refs == {("configMapRef", one_of_kind(docs, "ConfigMap")["metadata"]["name"]),
+                    ("secretRef", one_of_kind(docs, "Secret")["metadata"]["name"])}
     for key in (*config, *secret):
         assert key.startswith("LEANSERVE_") and key.removeprefix("LEANSERVE_").lower() in Settings.model_fields, key
     # The values validate too, as the server would read them.
@@ -206,10 +193,10 @@ def test_config_and_secret_keys_are_real_settings(rendered, overlay, monkeypatch
 
 def test_autoscaling_is_on_the_queue_metric(rendered):
     for overlay in OVERLAYS:
-        hpa = _one(rendered[overlay], "HorizontalPodAutoscaler")["spec"]
+        hpa = one_of_kind(rendered[overlay], "HorizontalPodAutoscaler")["spec"]
         assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "leanserve"}
         assert [m["pods"]["metric"]["name"] for m in hpa["metrics"]] == ["leanserve_requests_waiting"]
-    adapter = _one(rendered["prometheus-adapter"], "ConfigMap")
+    adapter = one_of_kind(rendered["prometheus-adapter"], "ConfigMap")
     rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
     assert "leanserve_requests_waiting" in {rule["name"]["as"] for rule in rules}
     assert all("leanserve_requests_waiting" in query or "leanserve_requests_running" in query

@@ -15,10 +15,9 @@ import pytest
 
 from engine.vllm_args import async_engine_args, core_engine_args, merge_engine_args
 from service.settings import Settings
-from tests.deploy_manifests import deploy_copy, render
+from tests.deploy_manifests import K8S_VERSIONS, deploy_copy, one_of_kind, render, validate_strictly
 
 OVERLAY = "overlays/multi-node"
-K8S_VERSIONS = ("1.29.0", "1.37.0")  # as test_deploy_manifests.py
 LWS = ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
 CRD_KINDS = {LWS, ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 LEADER_LABEL = ("leaderworkerset.sigs.k8s.io/worker-index", "0")  # set by the LWS controller on leaders
@@ -30,14 +29,8 @@ def docs(tmp_path_factory) -> list[dict]:
     return render(deploy_copy(tmp_path_factory.mktemp("deploy")) / OVERLAY)
 
 
-def _one(docs: list[dict], kind: str) -> dict:
-    matches = [doc for doc in docs if doc["kind"] == kind]
-    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
-    return matches[0]
-
-
 def _templates(docs: list[dict]) -> dict[str, dict]:
-    template = _one(docs, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]
+    template = one_of_kind(docs, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]
     return {"leader": template["leaderTemplate"], "worker": template["workerTemplate"]}
 
 
@@ -66,7 +59,7 @@ def _settings(docs: list[dict], monkeypatch) -> Settings:
     for key in list(os.environ):
         if key.startswith("LEANSERVE_"):
             monkeypatch.delenv(key)
-    config = _one(docs, "ConfigMap")["data"]
+    config = one_of_kind(docs, "ConfigMap")["data"]
     for key, value in config.items():
         assert key.startswith("LEANSERVE_") and key.removeprefix("LEANSERVE_").lower() in Settings.model_fields, key
         monkeypatch.setenv(key, value)
@@ -82,29 +75,21 @@ def test_overlay_renders_a_leaderworkerset_instead_of_the_deployment(docs):
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_manifests_and_pod_templates_validate_against_the_kubernetes_schema(docs, version):
-    import kubernetes_validate
-
     checked = 0
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
             continue
-        try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for {version}: {error}")
+        validate_strictly(doc, version, f"{doc['kind']}/{doc['metadata']['name']}")
         checked += 1
     assert checked == 7
     for role, template in _templates(docs).items():
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {**template["metadata"], "name": f"leanserve-0-{role}"}, "spec": template["spec"]}
-        try:
-            kubernetes_validate.validate(pod, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{role} pod template invalid for {version}: {error}")
+        validate_strictly(pod, version, f"{role} pod template")
 
 
 def test_leaderworkerset_has_its_required_structure(docs):
-    lws = _one(docs, "LeaderWorkerSet")
+    lws = one_of_kind(docs, "LeaderWorkerSet")
     assert (lws["apiVersion"], lws["kind"]) == LWS
     spec = lws["spec"]
     assert spec["replicas"] >= 1
@@ -120,9 +105,9 @@ def test_leaderworkerset_has_its_required_structure(docs):
 def test_references_to_the_generated_config_and_secret_carry_their_hash(docs):
     leader = _container(_templates(docs)["leader"])
     refs = {(kind, ref[kind]["name"]) for ref in leader["envFrom"] for kind in ref}
-    assert refs == {("configMapRef", _one(docs, "ConfigMap")["metadata"]["name"]),
-                    ("secretRef", _one(docs, "Secret")["metadata"]["name"])}
-    claim = _one(docs, "PersistentVolumeClaim")
+    assert refs == {("configMapRef", one_of_kind(docs, "ConfigMap")["metadata"]["name"]),
+                    ("secretRef", one_of_kind(docs, "Secret")["metadata"]["name"])}
+    claim = one_of_kind(docs, "PersistentVolumeClaim")
     assert "ReadWriteMany" in claim["spec"]["accessModes"] or "ReadOnlyMany" in claim["spec"]["accessModes"]
     for role, template in _templates(docs).items():
         [models] = [volume for volume in template["spec"]["volumes"] if volume.get("persistentVolumeClaim")]
@@ -133,22 +118,22 @@ def test_references_to_the_generated_config_and_secret_carry_their_hash(docs):
 def test_service_selects_only_the_leaders_and_the_monitor_selects_the_service(docs):
     templates = _templates(docs)
     leader, worker = _pod_labels(templates["leader"], True), _pod_labels(templates["worker"], False)
-    service = _one(docs, "Service")
+    service = one_of_kind(docs, "Service")
     selector = service["spec"]["selector"]
     assert dict([LEADER_LABEL]).items() <= selector.items()
     assert selector.items() <= leader.items()
     assert not selector.items() <= worker.items()
-    monitor = _one(docs, "ServiceMonitor")["spec"]
+    monitor = one_of_kind(docs, "ServiceMonitor")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert {e["port"] for e in monitor["endpoints"]} <= {port["name"] for port in service["spec"]["ports"]}
     # The PDB covers every pod of a group: evicting any of them takes the group down.
-    pdb = _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+    pdb = one_of_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
     assert pdb.items() <= leader.items() and pdb.items() <= worker.items()
 
 
 def test_hpa_scales_whole_groups_on_the_queue_metric(docs):
-    hpa = _one(docs, "HorizontalPodAutoscaler")["spec"]
-    lws = _one(docs, "LeaderWorkerSet")
+    hpa = one_of_kind(docs, "HorizontalPodAutoscaler")["spec"]
+    lws = one_of_kind(docs, "LeaderWorkerSet")
     assert hpa["scaleTargetRef"] == {"apiVersion": LWS[0], "kind": LWS[1], "name": lws["metadata"]["name"]}
     assert [m["pods"]["metric"]["name"] for m in hpa["metrics"]] == ["leanserve_requests_waiting"]
     assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
@@ -157,7 +142,7 @@ def test_hpa_scales_whole_groups_on_the_queue_metric(docs):
 def test_engine_args_reach_vllm_as_pipeline_times_tensor_parallel_over_ray(docs, monkeypatch):
     settings = _settings(docs, monkeypatch)
     templates = _templates(docs)
-    size = _one(docs, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["size"]
+    size = one_of_kind(docs, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["size"]
     args = merge_engine_args(core_engine_args(settings, "/models/model", "model"), [], settings.engine_args)
     assert args["pipeline_parallel_size"] == size
     assert args["distributed_executor_backend"] == "ray"
