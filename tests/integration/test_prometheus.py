@@ -58,7 +58,7 @@ def in_same_bucket(estimate_s: float, measured_s: float, edges: list[float]) -> 
 class ScrapedLoad:
     prometheus: Prometheus
     report: dict
-    started: float  # when Prometheus started: no sample of this server is older
+    started: float  # just after Prometheus's first scrape of the server: no sample is much older
     before: float  # the load began after this scrape
     after: float  # two scrapes after the load ended
 
@@ -73,9 +73,9 @@ class ScrapedLoad:
         rate() extrapolates the increase it sampled to its range: by half a scrape interval before
         the first sample (which lies far from the range's start) and at most 1.1 intervals after the
         last (a scrape just before ``after``). Over S seconds of samples it reads between ``true``
-        and ``true`` x (S + 1.6) / S; S is at least ``after - started - 2``.
+        and ``true`` x (S + 1.6) / S; S is at least ``after - started``.
         """
-        sampled_s = self.after - self.started - 2
+        sampled_s = self.after - self.started
         return true * 0.999 <= rate * self.window_s <= true * (sampled_s + 1.6) / sampled_s + 1e-6
 
 
@@ -88,8 +88,8 @@ def scraped_load(server: Server, tmp_path_factory) -> ScrapedLoad:
     warm = httpx.post(f"{server.base_url}/v1/completions", headers=server.headers, timeout=120,
                       json={"model": server.model, "prompt": "Hello", "max_tokens": 2})
     assert warm.status_code == 200, warm.text
-    started = time.time()
     with Prometheus([server.base_url.removeprefix("http://")], workdir) as prometheus:
+        started = prometheus.wait_for_scrapes(1)  # the first sample is no later than this
         before = prometheus.wait_for_scrapes(10)  # a long sampled span keeps rate()'s extrapolation small
         report = run_bench(server, workdir / "bench")
         after = prometheus.wait_for_scrapes(2)
