@@ -8,7 +8,10 @@ GELU projector into a Llama-family language model, one placeholder token per pat
 
 The recipe writes an HF directory vLLM loads as ``LlavaForConditionalGeneration``: the
 vision tower and projector are random (seeded, so two builds are byte-identical), the
-language model is a real catalogue model with one token, ``<image>``, added. With a
+language model is a real catalogue model with one token, ``<image>``, added. One recipe is
+trained instead (``trained=True``, ``llava-scenes``): its whole model is trained here to read
+synthetic scenes (engine/scenes_vlm/train.py writes engine/scenes_vlm/weights/); it borrows only
+the tokenizer of its catalogue text model. With a
 CLIP-L/14-336-sized tower an image is 576 tokens and the encoder costs what the real one
 does; the ``tiny`` tower keeps the 576 tokens at a fraction of the cost, for tests.
 
@@ -69,6 +72,8 @@ class VisionTower:
 CLIP_L_336 = VisionTower(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16)
 # Same 576 tokens per image, ~1/300 of the encoder's work: for tests of mechanics.
 TINY_336 = VisionTower(hidden_size=192, intermediate_size=768, num_layers=4, num_heads=3)
+# The trained scene reader's tower (engine/scenes_vlm/model.py), trained with the rest of its model.
+SCENES_336 = VisionTower(hidden_size=128, intermediate_size=512, num_layers=4, num_heads=4)
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,16 @@ class VlmRecipe:
     save_dtype: str = "float32"
     default_system: str = ""
     seed: int = 0
+    trained: bool = False  # weights from engine/scenes_vlm/weights (the text model gives only the tokenizer)
 
     def marker(self) -> str:
-        return json.dumps({"recipe": 2 if self.is_qwen_vl else 1, "language_model": self.language_model,
-                           "tower": self.tower.__dict__,
-                           "dtype": self.save_dtype, "seed": self.seed}, sort_keys=True)
+        fields = {"recipe": 2 if self.is_qwen_vl else 1, "language_model": self.language_model,
+                  "tower": self.tower.__dict__, "dtype": self.save_dtype, "seed": self.seed}
+        if self.trained:
+            from engine.scenes_vlm.weights import weights_digest
+
+            fields["weights"] = weights_digest()
+        return json.dumps(fields, sort_keys=True)
 
     @property
     def is_qwen_vl(self) -> bool:
@@ -102,6 +112,8 @@ VLM_RECIPES: dict[str, VlmRecipe] = {recipe.name: recipe for recipe in (
     VlmRecipe("llava-smollm2-135m", "SmolLM2-135M-Instruct", CLIP_L_336, "bfloat16", SMOLLM2_SYSTEM),
     # The same 576 tokens per image with a 4-layer tower: mechanics tests.
     VlmRecipe("llava-smollm2-135m-tiny", "SmolLM2-135M-Instruct", TINY_336, "float32", SMOLLM2_SYSTEM),
+    # Trained here to read synthetic scenes (colours, shapes, counts, positions, words): pruning quality.
+    VlmRecipe("llava-scenes", "SmolLM2-135M-Instruct", SCENES_336, "float32", "", trained=True),
     # The largest language model this CPU prefills at a useful speed: image-token prefill benchmarks.
     VlmRecipe("llava-qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct", CLIP_L_336, "bfloat16", QWEN_SYSTEM),
     # Qwen2.5-VL (images at their own resolution, video, EVS): its real tower size around Qwen2.5-Coder-1.5B for
@@ -113,14 +125,19 @@ VLM_RECIPES: dict[str, VlmRecipe] = {recipe.name: recipe for recipe in (
 
 def build_vlm(recipe: VlmRecipe, language_model_dir: Path, out_dir: Path) -> None:
     """Write the HF directory of ``recipe`` into ``out_dir`` (which must not exist yet)."""
+    if recipe.trained:
+        from engine.scenes_vlm.weights import build_scene_reader
+
+        build_scene_reader(language_model_dir, out_dir)
+        return
     if recipe.is_qwen_vl:
         from engine.qwen_vl_recipe import build_qwen2_5_vl
 
         build_qwen2_5_vl(recipe, language_model_dir, out_dir)
-        _write_chat_template(out_dir, recipe.default_system, IMAGE_MARKUP, VIDEO_MARKUP)
+        write_chat_template(out_dir, recipe.default_system, IMAGE_MARKUP, VIDEO_MARKUP)
     else:
         _build_llava(recipe, language_model_dir, out_dir)
-        _write_chat_template(out_dir, recipe.default_system, IMAGE_TOKEN, "")
+        write_chat_template(out_dir, recipe.default_system, IMAGE_TOKEN, "")
     for generation_file in ("generation_config.json",):
         source = language_model_dir / generation_file
         if source.exists():
@@ -203,7 +220,7 @@ def _random_tower_and_projector(vision_config, text_hidden: int, seed: int, dtyp
 
     torch.manual_seed(seed)
     tower = CLIPVisionModel(vision_config)
-    weights = {f"vision_tower.{_under_vision_model(name)}": tensor.to(dtype)
+    weights = {f"vision_tower.{under_vision_model(name)}": tensor.to(dtype)
                for name, tensor in tower.state_dict().items()}
     std = 0.02
     vision_hidden = vision_config.hidden_size
@@ -214,12 +231,12 @@ def _random_tower_and_projector(vision_config, text_hidden: int, seed: int, dtyp
     return weights
 
 
-def _under_vision_model(name: str) -> str:
+def under_vision_model(name: str) -> str:
     """transformers 5 names the tower's weights ``embeddings.…``; vLLM loads ``vision_model.embeddings.…``."""
     return name if name.startswith("vision_model.") else f"vision_model.{name}"
 
 
-def _write_chat_template(out_dir: Path, default_system: str, image_markup: str, video_markup: str) -> None:
+def write_chat_template(out_dir: Path, default_system: str, image_markup: str, video_markup: str) -> None:
     """One template for tokenizer and processor, with the text model's default system line and the
     model's markup for an image and a video."""
     template = "".join("{%- set " + name + " = " + json.dumps(value) + " %}" for name, value in (
