@@ -63,7 +63,7 @@ class Preset:
 
 PRESETS = {
     # ~80 min on two CPU cores at ~3.4 s a step (float32: this CPU's bf16 matmuls are 15x slower).
-    "cpu": Preset(batch_size=16, steps=1400, learning_rate=3e-4, warmup_steps=100, eval_every=350,
+    "cpu": Preset(batch_size=16, steps=1400, learning_rate=2e-3, warmup_steps=100, eval_every=350,
                   eval_scenes=300, device="cpu"),
     # The same recipe with 4x the scenes per step and 2x the steps, for when a GPU is lent.
     "gpu": Preset(batch_size=64, steps=2800, learning_rate=2e-3, warmup_steps=200, eval_every=700,
