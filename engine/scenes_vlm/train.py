@@ -11,9 +11,11 @@ heads only, dropped after training):
   word the scene holds. It gives [CLS] a reason to attend to objects, the signal FasterVLM-style
   [CLS]-attention pruning reads; LLaVA alone never trains that query (its output is discarded).
 * patch level: each feature-layer patch predicts the colour, shape and word of the object covering
-  it (from the renderer's layout). Answers alone teach a from-scratch ViT slowly (after 300 steps it
-  still answered at the blind-guess rate on four of five kinds); dense labels give every patch a
-  gradient, as CLIP's pre-training gives a real tower features before LLaVA ever sees it.
+  it (from the renderer's layout): dense labels give every patch a gradient, as CLIP's pre-training
+  gives a real tower features before LLaVA ever sees it.
+
+Status (benchmarks/RESULTS.md): on this CPU every run so far sits on the blind-guess plateau after
+350-700 steps; the tower learns its labels, the language model does not yet retrieve from them.
 
 Held-out accuracy (teacher-forced exact match, which equals greedy decoding's exact match) is
 measured on scenes from a disjoint seed range every ``eval_every`` steps and at the end.
