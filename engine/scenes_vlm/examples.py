@@ -26,6 +26,21 @@ PATCH_LABEL_CLASSES = {"colour": 1 + len(COLOURS), "shape": 1 + len(SHAPES), "wo
 MIN_PATCH_COVER = 40  # of a patch's 196 pixels, for it to count as part of an object
 
 
+class FixedDraws(random.Random):
+    """Draws that always return ``value``: pins a conversation's layout (0.5 is a plain API request: no
+    system line, the image before the question)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+PLAIN_LAYOUT = 0.5  # above the 1/7 system-line draw, below the 3/4 image-first draw
+
+
 @dataclass
 class Example:
     input_ids: list[int]  # image id expanded to NUM_IMAGE_TOKENS placeholders

@@ -37,9 +37,11 @@ from torch.nn import functional
 
 from engine.scenes_vlm.examples import (
     PATCH_LABEL_CLASSES,
+    PLAIN_LAYOUT,
     PRESENCE_LABELS,
     Batch,
     Example,
+    FixedDraws,
     collate,
     encode,
     patch_targets,
@@ -125,7 +127,7 @@ def make_batch(seeds: list[int], tokenizer, processor, *, held_out: bool = False
     for seed, scene in zip(seeds, scenes):
         rng = random.Random(seed)
         questions = [held_out_question(seed)] if held_out else all_questions(scene, rng)
-        examples.append(encode(tokenizer, questions, _PLAIN_LAYOUT() if held_out else rng))
+        examples.append(encode(tokenizer, questions, FixedDraws(PLAIN_LAYOUT) if held_out else rng))
         kinds += [question.kind for question in questions]
     rendered = [render_with_layout(scene) for scene in scenes]
     pixels = processor([image for image, _ in rendered], return_tensors="pt")["pixel_values"]  # [B, 3, 336, 336]
@@ -133,13 +135,6 @@ def make_batch(seeds: list[int], tokenizer, processor, *, held_out: bool = False
     patches = torch.stack([patch_targets(scene, layout) for scene, (_, layout) in zip(scenes, rendered)])  # [B, 576, 3]
     batch = collate(examples, pixels, presence, patches, tokenizer.pad_token_id or tokenizer.eos_token_id)
     return Batch(**{name: value.to(device) for name, value in vars(batch).items()}), kinds
-
-
-class _PLAIN_LAYOUT(random.Random):
-    """The layout of a plain API request (held-out prompts): no system line, the image first."""
-
-    def random(self) -> float:
-        return 0.5  # above the 1/7 system-line draw, below the 3/4 image-first draw
 
 
 @torch.no_grad()

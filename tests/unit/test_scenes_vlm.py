@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine.catalogue import resolve_model
-from engine.scenes_vlm.examples import conversation_text, encode, patch_targets
+from engine.scenes_vlm.examples import FixedDraws, conversation_text, encode, patch_targets
 from engine.scenes_vlm.held_out import TEST_SEED_BASE, chance_by_kind, held_out_questions
 from engine.scenes_vlm.model import IMAGE_TOKEN, NUM_IMAGE_TOKENS, scene_tokenizer
 from engine.scenes_vlm.questions import Question, all_questions, normalise_answer
@@ -137,20 +137,11 @@ def _served_prompt(messages: list[dict], tmp_path: Path) -> str:
     return template.render(messages=messages, add_generation_prompt=True)
 
 
-class _Fixed(random.Random):
-    def __init__(self, value: float) -> None:
-        super().__init__(0)
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
-
-
 @pytest.mark.parametrize(("draw", "image_first", "system"), [(0.5, True, False), (0.9, False, False),
                                                                (0.1, True, True)])
 def test_training_sees_exactly_the_prompt_the_server_renders(tmp_path, draw, image_first, system):
     question = Question("colour", "What colour is the circle?", "red")
-    text, _ = conversation_text([question], _Fixed(draw), with_answers=False)
+    text, _ = conversation_text([question], FixedDraws(draw), with_answers=False)
     parts = [{"type": "image"}, {"type": "text", "text": question.text}]
     messages = [{"role": "user", "content": parts if image_first else parts[::-1]}]
     if system:
@@ -162,7 +153,7 @@ def test_training_sees_exactly_the_prompt_the_server_renders(tmp_path, draw, ima
 def test_only_answers_and_their_end_token_are_supervised(tokenizer):
     questions = [Question("shape", "What shape is in the center?", "triangle"),
                  Question("position", "Where is the red circle?", "bottom left")]
-    example = encode(tokenizer, questions, _Fixed(0.5))
+    example = encode(tokenizer, questions, FixedDraws(0.5))
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     assert example.input_ids.count(image_id) == NUM_IMAGE_TOKENS
     targets = [example.input_ids[position + 1] for position in example.target_positions]
