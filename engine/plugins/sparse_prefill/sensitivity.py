@@ -75,7 +75,8 @@ def layer_sensitivity(model: torch.nn.Module, prompts: Sequence[torch.Tensor], c
                 output = layer(hidden, **call)
                 hidden = output[0] if isinstance(output, tuple) else output
             final = decoder.norm(hidden)[0, -config.window:]
-            totals[index] += (1 - torch.nn.functional.cosine_similarity(final, dense, dim=-1)).mean().item()
+            drift = 1 - torch.nn.functional.cosine_similarity(final, dense, dim=-1)  # [window]
+            totals[index] += drift.clamp(min=0.0).mean().item()  # rounding can put an unchanged row at -1e-8
         _PROBE["layer"] = None
     return [total / len(prompts) for total in totals]
 
