@@ -117,6 +117,21 @@ def plot(rows: dict[str, dict], chance: float, path: Path, title: str) -> None:
     figure.savefig(path, dpi=110)
 
 
+def markdown_table(rows: dict[str, dict], chance: dict[str, float]) -> str:
+    """Accuracy per setting, overall and per kind, with unpruned and chance rows (for RESULTS.md)."""
+    kinds = ("all", *KINDS)
+    lines = ["| setting | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    lines.append("| chance (best blind guess) | " + " | ".join(f"{chance[kind]:.2f}" for kind in kinds) + " |")
+    for name, row in rows.items():
+        cells = []
+        for kind in kinds:
+            relative = row["relative_to_unpruned"][kind]
+            cells.append(f"{row['accuracy'][kind]:.2f}" + ("" if name == "unpruned" or relative is None
+                                                          else f" ({100 * relative:.0f}%)"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def card_figures(questions: list[HeldOutQuestion], marks: dict[str, list[bool]], chance: dict[str, float]) -> dict:
     """What the model card states and the CI test checks."""
     ci = questions[:CI_QUESTIONS]
@@ -162,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         "chance": {**chance, "all": overall_chance}, "settings": rows,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "table.md").write_text(markdown_table(rows, {**chance, "all": overall_chance}))
     plot(rows, overall_chance, args.out / "accuracy.png",
          f"{args.model}: held-out accuracy vs image tokens kept ({len(questions)} questions, through the API)")
     if args.card:
-        CARD.write_text(json.dumps(card_figures(questions, marks, chance), indent=2) + "\n")
+        CARD.write_text(json.dumps(card_figures(questions, marks, {**chance, "all": overall_chance}), indent=2) + "\n")
     return 0
 
 

@@ -16,13 +16,14 @@ import torch
 
 from engine.scenes_vlm.model import IMAGE_TOKEN, NUM_IMAGE_TOKENS, PATCH_SIZE
 from engine.scenes_vlm.questions import Question
-from engine.scenes_vlm.scenes import COLOURS, IMAGE_SIZE, SHAPES, WORDS, Scene
+from engine.scenes_vlm.scenes import CELL_NAMES, COLOURS, IMAGE_SIZE, SHAPES, WORDS, Scene
 
 SYSTEM_LINES = ("You are a helpful assistant.", "Answer with one or two words.", "Look at the image carefully.")
 # Scene-level labels for the [CLS] objective: every (colour, shape) pair present, and the word.
 PRESENCE_LABELS = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES] + [f"word {w}" for w in WORDS]
 # Patch-level labels for the dense objective: 0 is "nothing" (background, clutter), then the attribute.
-PATCH_LABEL_CLASSES = {"colour": 1 + len(COLOURS), "shape": 1 + len(SHAPES), "word": 1 + len(WORDS)}
+PATCH_LABEL_CLASSES = {"colour": 1 + len(COLOURS), "shape": 1 + len(SHAPES), "word": 1 + len(WORDS),
+                       "cell": 1 + len(CELL_NAMES)}
 MIN_PATCH_COVER = 40  # of a patch's 196 pixels, for it to count as part of an object
 
 
@@ -47,7 +48,8 @@ class Example:
     target_positions: list[int]  # positions whose next token is supervised
     target_ids: list[int]
     target_answers: list[int]  # which answer of the conversation each supervised token belongs to
-    num_answers: int
+    answer_objects: list[tuple[int, ...]]  # per answer, the layout values of the objects it is read from
+    read_off: list[bool]  # per supervised token: the first token of an answer seen in its objects (not a count)
 
 
 def conversation_text(questions: list[Question], rng: random.Random, with_answers: bool = True) -> tuple[str, list[tuple[int, int]]]:
@@ -84,14 +86,17 @@ def encode(tokenizer, questions: list[Question], rng: random.Random) -> Example:
     positions: list[int] = []
     targets: list[int] = []
     answers: list[int] = []
+    read_off: list[bool] = []
     for token, (start, _) in zip(encoded["input_ids"], encoded["offset_mapping"]):
         answer = next((index for index, (low, high) in enumerate(spans) if low <= start < high), None)
         if answer is not None:
             positions.append(len(input_ids) - 1)  # the previous position predicts this token
+            read_off.append(answer not in answers and questions[answer].kind != "count")
             targets.append(token)
             answers.append(answer)
         input_ids.extend([token] * (NUM_IMAGE_TOKENS if token == image_id else 1))
-    return Example(input_ids, positions, targets, answers, len(spans))
+    return Example(input_ids, positions, targets, answers, [question.objects for question in questions][: len(spans)],
+                   read_off)
 
 
 def presence_targets(scene: Scene) -> torch.Tensor:
@@ -100,18 +105,23 @@ def presence_targets(scene: Scene) -> torch.Tensor:
     return torch.tensor([float(label in present) for label in PRESENCE_LABELS])
 
 
-def patch_targets(scene: Scene, layout: np.ndarray) -> torch.Tensor:
-    """[576, 3] per patch (raster order): the colour, shape and word class of the object covering it."""
+def patch_owners(scene: Scene, layout: np.ndarray) -> torch.Tensor:
+    """[576] per patch (raster order): the layout value of the object covering it, 0 for none."""
     side = IMAGE_SIZE // PATCH_SIZE
     patches = layout.reshape(side, PATCH_SIZE, side, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(side * side, -1)
     objects = len(scene.shapes) + 1  # layout values 1..objects
     cover = np.stack([(patches == value).sum(axis=1) for value in range(1, objects + 1)])  # [objects, 576]
-    owner = np.where(cover.max(axis=0) >= MIN_PATCH_COVER, cover.argmax(axis=0) + 1, 0)  # [576], 0 = none
+    return torch.from_numpy(np.where(cover.max(axis=0) >= MIN_PATCH_COVER, cover.argmax(axis=0) + 1, 0))
+
+
+def patch_targets(scene: Scene, owners: torch.Tensor) -> torch.Tensor:
+    """[576, 4] per patch: the colour, shape, word and cell class of the object covering it (0: none)."""
     colour_of = [0] + [list(COLOURS).index(s.colour) + 1 for s in scene.shapes] + [0]
     shape_of = [0] + [SHAPES.index(s.shape) + 1 for s in scene.shapes] + [0]
     word_of = [0] * (len(scene.shapes) + 1) + [WORDS.index(scene.word) + 1 if scene.word else 0]
-    table = torch.tensor([colour_of, shape_of, word_of]).T  # [objects + 1, 3]
-    return table[torch.from_numpy(owner)]
+    cell_of = [0] + [s.cell + 1 for s in scene.shapes] + [scene.word_cell + 1 if scene.word else 0]
+    table = torch.tensor([colour_of, shape_of, word_of, cell_of]).T  # [objects + 1, 4]
+    return table[owners]
 
 
 @dataclass
@@ -123,17 +133,19 @@ class Batch:
     target_positions: torch.Tensor  # [T]
     target_ids: torch.Tensor  # [T]
     presence: torch.Tensor  # [B, L]
-    patch_labels: torch.Tensor  # [B, 576, 3] colour, shape, word class per patch
+    patch_labels: torch.Tensor  # [B, 576, 4] colour, shape, word, cell class per patch
     answer_of_target: torch.Tensor  # [T] which answer (numbered over the batch) each token belongs to
+    target_patches: torch.Tensor  # [T, 576] bool: the patches each supervised token's answer is read from
+    target_read_off: torch.Tensor  # [T] bool: the token can be read off its patches alone (Example.read_off)
 
 
-def collate(examples: list[Example], pixel_values: torch.Tensor, presence: torch.Tensor, patch_labels: torch.Tensor,
-            pad_id: int) -> Batch:
-    """Right-pad ``examples`` into one batch, answers numbered across the batch."""
+def collate(examples: list[Example], pixel_values: torch.Tensor, presence: torch.Tensor, owners: torch.Tensor,
+            patch_labels: torch.Tensor, pad_id: int) -> Batch:
+    """Right-pad ``examples`` into one batch, answers numbered across the batch. ``owners`` [B, 576]."""
     length = max(len(example.input_ids) for example in examples)
     input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-    rows, positions, targets, answer_index = [], [], [], []
+    rows, positions, targets, answer_index, patches, read_off = [], [], [], [], [], []
     answers_before = 0
     for row, example in enumerate(examples):
         input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
@@ -141,7 +153,12 @@ def collate(examples: list[Example], pixel_values: torch.Tensor, presence: torch
         rows += [row] * len(example.target_ids)
         positions += example.target_positions
         targets += example.target_ids
+        read_off += example.read_off
         answer_index += [answers_before + answer for answer in example.target_answers]
-        answers_before += example.num_answers
+        answers_before += len(example.answer_objects)
+        read_from = [torch.isin(owners[row], torch.tensor(objects, dtype=owners.dtype))
+                     for objects in example.answer_objects]  # per answer, [576]
+        patches += [read_from[answer] for answer in example.target_answers]
     return Batch(input_ids, attention_mask, pixel_values, torch.tensor(rows), torch.tensor(positions),
-                 torch.tensor(targets), presence, patch_labels, torch.tensor(answer_index))
+                 torch.tensor(targets), presence, patch_labels, torch.tensor(answer_index), torch.stack(patches),
+                 torch.tensor(read_off))

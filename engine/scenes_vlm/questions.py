@@ -22,6 +22,9 @@ class Question:
     kind: str
     text: str
     answer: str
+    # Layout values (``scenes.render_with_layout``) of the objects the answer is read from: shape i is
+    # i + 1, the word is len(shapes) + 1. Training points the answer's attention at their patches.
+    objects: tuple[int, ...] = ()
 
 
 def normalise_answer(reply: str) -> str:
@@ -41,6 +44,10 @@ def all_questions(scene: Scene, rng: random.Random) -> list[Question]:
     return questions
 
 
+def _layout_values(scene: Scene, *shapes: Shape) -> tuple[int, ...]:
+    return tuple(scene.shapes.index(shape) + 1 for shape in shapes)
+
+
 def _unique(shapes: tuple[Shape, ...], key) -> list[Shape]:
     counts = Counter(key(shape) for shape in shapes)
     return [shape for shape in shapes if counts[key(shape)] == 1]
@@ -54,7 +61,7 @@ def _ask_colour(scene: Scene, rng: random.Random) -> Question | None:
         text = f"What colour is the {target.shape}?"
     else:
         text = f"What colour is the {target.shape} in the {CELL_NAMES[target.cell]}?"
-    return Question("colour", text, target.colour)
+    return Question("colour", text, target.colour, _layout_values(scene, target))
 
 
 def _ask_shape(scene: Scene, rng: random.Random) -> Question | None:
@@ -65,19 +72,20 @@ def _ask_shape(scene: Scene, rng: random.Random) -> Question | None:
         text = f"What shape is the {target.colour} object?"
     else:
         text = f"What shape is in the {CELL_NAMES[target.cell]}?"
-    return Question("shape", text, target.shape)
+    return Question("shape", text, target.shape, _layout_values(scene, target))
 
 
 def _ask_count(scene: Scene, rng: random.Random) -> Question:
     if rng.random() < 0.5:
         present = [shape.colour for shape in scene.shapes]
         colour = rng.choice(present) if present and rng.random() < 0.75 else rng.choice(list(COLOURS))
-        count = sum(shape.colour == colour for shape in scene.shapes)
-        return Question("count", f"How many {colour} shapes are there?", str(count))
+        counted = [shape for shape in scene.shapes if shape.colour == colour]
+        return Question("count", f"How many {colour} shapes are there?", str(len(counted)),
+                        _layout_values(scene, *counted))
     present = [shape.shape for shape in scene.shapes]
     kind = rng.choice(present) if present and rng.random() < 0.75 else rng.choice(SHAPES)
-    count = sum(shape.shape == kind for shape in scene.shapes)
-    return Question("count", f"How many {kind}s are there?", str(count))
+    counted = [shape for shape in scene.shapes if shape.shape == kind]
+    return Question("count", f"How many {kind}s are there?", str(len(counted)), _layout_values(scene, *counted))
 
 
 def _ask_position(scene: Scene, rng: random.Random) -> Question | None:
@@ -85,13 +93,15 @@ def _ask_position(scene: Scene, rng: random.Random) -> Question | None:
     if not candidates:
         return None
     target = rng.choice(candidates)
-    return Question("position", f"Where is the {target.colour} {target.shape}?", CELL_NAMES[target.cell])
+    return Question("position", f"Where is the {target.colour} {target.shape}?", CELL_NAMES[target.cell],
+                    _layout_values(scene, target))
 
 
 def _ask_text(scene: Scene, rng: random.Random) -> Question | None:
     if scene.word is None:
         return None
-    return Question("text", rng.choice(("What word is written in the image?", "What does the text say?")), scene.word)
+    return Question("text", rng.choice(("What word is written in the image?", "What does the text say?")), scene.word,
+                    (len(scene.shapes) + 1,))
 
 
 _ASKERS = {"colour": _ask_colour, "shape": _ask_shape, "count": _ask_count, "position": _ask_position,

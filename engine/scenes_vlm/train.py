@@ -10,12 +10,19 @@ heads only, dropped after training):
 * image level: the ViT's [CLS] at the feature layer predicts which (colour, shape) pairs and which
   word the scene holds. It gives [CLS] a reason to attend to objects, the signal FasterVLM-style
   [CLS]-attention pruning reads; LLaVA alone never trains that query (its output is discarded).
-* patch level: each feature-layer patch predicts the colour, shape and word of the object covering
-  it (from the renderer's layout): dense labels give every patch a gradient, as CLIP's pre-training
-  gives a real tower features before LLaVA ever sees it.
+* patch level: each feature-layer patch predicts the colour, shape, word and cell of the object
+  covering it (from the renderer's layout; colour also marks "nothing here", the other three are
+  learnt on object patches only): dense labels give every patch a gradient, as CLIP's pre-training
+  gives a real tower features before LLaVA ever sees it. The tower's position table starts at 2-D
+  sine-cosine values (``init_grid_positions``).
 
-Status (benchmarks/RESULTS.md): on this CPU every run so far sits on the blind-guess plateau after
-350-700 steps; the tower learns its labels, the language model does not yet retrieve from them.
+One language objective shortcuts retrieval (``SceneReader.grounding_loss``): two heads in layers 1
+and 2 are taught, at every answer token, to look at the patches of the objects the answer is about,
+and to write the answer's first token from what they read there.
+
+Status (benchmarks/RESULTS.md): on this CPU no run has left the blind-guess plateau yet. Probes of
+the tower show why: colour and cell are learnt, a patch's shape is not (at 300 steps), and every
+question but counting names or asks a shape.
 
 Held-out accuracy (teacher-forced exact match, which equals greedy decoding's exact match) is
 measured on scenes from a disjoint seed range every ``eval_every`` steps and at the end.
@@ -44,6 +51,7 @@ from engine.scenes_vlm.examples import (
     FixedDraws,
     collate,
     encode,
+    patch_owners,
     patch_targets,
     presence_targets,
 )
@@ -66,8 +74,8 @@ class Preset:
 
 
 PRESETS = {
-    # ~80 min on two CPU cores at ~3.4 s a step (float32: this CPU's bf16 matmuls are 15x slower).
-    "cpu": Preset(batch_size=16, steps=1400, learning_rate=2e-3, warmup_steps=100, eval_every=350,
+    # ~55 min on two CPU cores at ~3.5 s a step (float32: this CPU's bf16 matmuls are 15x slower).
+    "cpu": Preset(batch_size=16, steps=900, learning_rate=2e-3, warmup_steps=100, eval_every=300,
                   eval_scenes=300, device="cpu"),
     # The same recipe with 4x the scenes per step and 2x the steps, for when a GPU is lent.
     "gpu": Preset(batch_size=64, steps=2800, learning_rate=2e-3, warmup_steps=200, eval_every=700,
@@ -83,6 +91,7 @@ class SceneReader(nn.Module):
         from transformers import LlavaForConditionalGeneration
 
         self.llava = LlavaForConditionalGeneration(config)
+        self.llava.model.language_model.config._attn_implementation = _register_capturing_attention()
         self.llava.lm_head.weight = self.llava.model.language_model.embed_tokens.weight  # tied, as served
         self.image_token_id = config.image_token_index
         layers = self.llava.model.vision_tower.encoder.layers
@@ -90,6 +99,8 @@ class SceneReader(nn.Module):
         self.unread_layers = nn.ModuleList(layers[used:])  # never read by the VLM; saved as initialised
         self.llava.model.vision_tower.encoder.layers = nn.ModuleList(layers[:used])
         width = config.vision_config.hidden_size
+        init_grid_positions(self.llava.model.vision_tower.embeddings.position_embedding.weight)
+        self.vision_parts: dict[str, float] = {}  # the last forward's vision losses, for the training log
         self.presence_head = nn.Linear(width, len(PRESENCE_LABELS))
         self.patch_heads = nn.ModuleList(nn.Linear(width, classes) for classes in PATCH_LABEL_CLASSES.values())
 
@@ -104,14 +115,97 @@ class SceneReader(nn.Module):
         hidden = model.language_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
         return self.llava.lm_head(hidden[batch.target_rows, batch.target_positions]), features
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(answer loss, vision loss, [T] whether each supervised token is the argmax)."""
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(answer loss, vision loss, grounding loss, [T] whether each supervised token is the argmax)."""
+        _CAPTURED.clear()
         logits, features = self.answer_logits(batch)  # [T, V], [B, 577, Dv]
         answer_loss = functional.cross_entropy(logits, batch.target_ids)
+        grounding = sum(self.grounding_loss(batch, *_CAPTURED[layer]) for layer in GROUNDED_LAYERS) / len(GROUNDED_LAYERS)
         presence_loss = functional.binary_cross_entropy_with_logits(self.presence_head(features[:, 0]), batch.presence)
-        patch_loss = sum(functional.cross_entropy(head(features[:, 1:]).flatten(0, 1), batch.patch_labels[..., index].flatten())
-                         for index, head in enumerate(self.patch_heads)) / len(self.patch_heads)
-        return answer_loss, presence_loss + patch_loss, logits.argmax(-1) == batch.target_ids
+        patches = features[:, 1:].flatten(0, 1)  # [B * 576, Dv]
+        labels = batch.patch_labels.flatten(0, 1)  # [B * 576, 4]
+        on_object = labels.any(-1)  # attributes are learnt where there is something; colour also learns where
+        parts = {name: functional.cross_entropy(head(patches if name == "colour" else patches[on_object]),
+                                                labels[:, index] if name == "colour" else labels[on_object, index])
+                 for index, (name, head) in enumerate(zip(PATCH_LABEL_CLASSES, self.patch_heads))}
+        self.vision_parts = {"presence": presence_loss.item(), **{name: loss.item() for name, loss in parts.items()}}
+        patch_loss = sum(parts.values()) / len(parts)
+        return answer_loss, presence_loss + patch_loss, grounding, logits.argmax(-1) == batch.target_ids
+
+    def grounding_loss(self, batch: Batch, attention: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                       value: torch.Tensor) -> torch.Tensor:
+        """Teach the grounded heads to look and to read, from each answer token:
+
+        * look: -log of the attention mass they put on the patches of the objects the answer is read
+          from (rows with no such object are left out);
+        * read: where the answer's first token can be read off those objects alone (not counts), the
+          heads' own output, through the final norm and the tied head, predicts it (a direct-logit
+          path, so value and output projections learn to carry what the patches show).
+
+        query, key, value [B, H, S, D] after RoPE, as ``attention`` (the layer's module) saw them.
+        """
+        heads = GROUNDED_HEADS
+        rows, positions = batch.target_rows, batch.target_positions
+        queries = query[rows, :heads, positions]  # [T, h, D]
+        scores = torch.einsum("thd,thsd->ths", queries, key[rows, :heads]) * query.shape[-1] ** -0.5  # [T, h, S]
+        later = torch.arange(key.shape[2], device=key.device) > positions[:, None]  # [T, S]
+        probs = scores.masked_fill(later[:, None], float("-inf")).softmax(-1)  # [T, h, S]
+        image_positions = (batch.input_ids == self.image_token_id).nonzero()[:, 1].view(len(batch.input_ids), -1)  # [B, 576]
+        on_patches = probs.gather(2, image_positions[rows][:, None].expand(-1, heads, -1))  # [T, h, 576]
+        mass = (on_patches * batch.target_patches[:, None]).sum(-1)  # [T, h]
+        grounded = batch.target_patches.any(-1)  # [T]
+        look = -mass[grounded].clamp_min(1e-6).log().mean()
+        read = batch.target_read_off & grounded  # [T]
+        if not read.any():
+            return look
+        mixed = torch.einsum("ths,thsd->thd", probs[read], value[rows[read], :heads])  # [R, h, D]
+        width = heads * value.shape[-1]
+        written = mixed.flatten(1) @ attention.o_proj.weight[:, :width].T  # [R, Dt]: the heads' share of o_proj
+        language_model = self.llava.model.language_model
+        logits = self.llava.lm_head(language_model.norm(written))  # [R, V]
+        return look + functional.cross_entropy(logits, batch.target_ids[read])
+
+
+def init_grid_positions(table: torch.Tensor) -> None:
+    """Start the ViT's learned position table [1 + 576, Dv] at 2-D sine-cosine values of the patch's
+    row and column ([CLS] at zero), as MAE fixes them (He et al. 2022, "Masked Autoencoders Are
+    Scalable Vision Learners"). CLIP's default start (N(0, 0.02)) is ~4% of a patch's embedding: from
+    scratch, 250 steps left the tower unable to tell where a patch is (a linear probe read a patch's
+    cell at chance), and so unable to tell shapes, which only neighbours show."""
+    positions, width = table.shape[0] - 1, table.shape[1]
+    side = int(positions ** 0.5)
+    rows, columns = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")  # [side, side]
+    frequencies = 1.0 / 10000 ** (torch.arange(width // 4) / (width // 4))  # [Dv / 4]
+    halves = []
+    for coordinate in (rows, columns):
+        angles = coordinate.flatten()[:, None].float() * frequencies[None]  # [576, Dv / 4]
+        halves += [angles.sin(), angles.cos()]
+    with torch.no_grad():
+        table[0].zero_()
+        table[1:] = torch.cat(halves, dim=1)  # [576, Dv]
+
+
+# Attention supervision (training only): in these language-model layers, the first GROUNDED_HEADS
+# heads are taught to look, from every answer token, at the patches the answer is read from, the way
+# grounding objectives shortcut a from-scratch model past learning retrieval from the answer alone.
+GROUNDED_LAYERS = (1, 2)
+GROUNDED_HEADS = 2
+CAPTURING_ATTENTION = "leanserve_scene_capture"
+_CAPTURED: dict[int, tuple] = {}  # layer -> (module, query, key, value) of the last forward
+
+
+def _register_capturing_attention() -> str:
+    """Register SDPA that also keeps the grounded layers' query and key; returns its name."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def capturing_attention(module, query, key, value, attention_mask, **kwargs):
+        if module.layer_idx in GROUNDED_LAYERS:
+            _CAPTURED[module.layer_idx] = (module, query, key, value)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(CAPTURING_ATTENTION, capturing_attention)
+    return CAPTURING_ATTENTION
 
 
 def make_batch(seeds: list[int], tokenizer, processor, *, held_out: bool = False,
@@ -132,8 +226,9 @@ def make_batch(seeds: list[int], tokenizer, processor, *, held_out: bool = False
     rendered = [render_with_layout(scene) for scene in scenes]
     pixels = processor([image for image, _ in rendered], return_tensors="pt")["pixel_values"]  # [B, 3, 336, 336]
     presence = torch.stack([presence_targets(scene) for scene in scenes])  # [B, L]
-    patches = torch.stack([patch_targets(scene, layout) for scene, (_, layout) in zip(scenes, rendered)])  # [B, 576, 3]
-    batch = collate(examples, pixels, presence, patches, tokenizer.pad_token_id or tokenizer.eos_token_id)
+    owners = torch.stack([patch_owners(scene, layout) for scene, (_, layout) in zip(scenes, rendered)])  # [B, 576]
+    patches = torch.stack([patch_targets(scene, scene_owners) for scene, scene_owners in zip(scenes, owners)])  # [B, 576, 4]
+    batch = collate(examples, pixels, presence, owners, patches, tokenizer.pad_token_id or tokenizer.eos_token_id)
     return Batch(**{name: value.to(device) for name, value in vars(batch).items()}), kinds
 
 
@@ -146,7 +241,7 @@ def evaluate(reader: SceneReader, tokenizer, processor, scenes: int, device: str
     seeds = [TEST_SEED_BASE + index for index in range(scenes)]
     for start in range(0, scenes, 32):
         batch, kinds = make_batch(seeds[start:start + 32], tokenizer, processor, held_out=True, device=device)
-        _, _, correct = reader(batch)
+        *_, correct = reader(batch)
         wrong = torch.zeros(len(kinds), device=device).index_add_(0, batch.answer_of_target, (~correct).float())
         for kind, answer_wrong in zip(kinds, wrong.tolist()):
             asked[kind] += 1
@@ -179,14 +274,16 @@ def train(preset: Preset, language_model_dir: Path, out: Path, log: Path) -> dic
             group["lr"] = learning_rate(step, preset)
         seeds = list(range(step * preset.batch_size, (step + 1) * preset.batch_size))
         batch, _ = make_batch(seeds, tokenizer, processor, device=preset.device)
-        answer_loss, vision_loss, correct = reader(batch)
-        loss = answer_loss + 0.5 * vision_loss
+        answer_loss, vision_loss, grounding_loss, correct = reader(batch)
+        loss = answer_loss + 0.5 * vision_loss + grounding_loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reader.parameters(), 1.0)
         optimiser.step()
         record = {"step": step + 1, "minutes": round((time.monotonic() - started) / 60, 2),
                   "answer_loss": round(answer_loss.item(), 4), "vision_loss": round(vision_loss.item(), 4),
+                  "grounding_loss": round(grounding_loss.item(), 4),
+                  "vision_parts": {name: round(value, 3) for name, value in reader.vision_parts.items()},
                   "token_accuracy": round(correct.float().mean().item(), 4)}
         if (step + 1) % preset.eval_every == 0 or step + 1 == preset.steps:
             record["held_out"] = evaluate(reader, tokenizer, processor, preset.eval_scenes, preset.device)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine.catalogue import resolve_model
-from engine.scenes_vlm.examples import FixedDraws, conversation_text, encode, patch_targets
+from engine.scenes_vlm.examples import FixedDraws, conversation_text, encode, patch_owners, patch_targets
 from engine.scenes_vlm.held_out import TEST_SEED_BASE, chance_by_kind, held_out_questions
 from engine.scenes_vlm.model import IMAGE_TOKEN, NUM_IMAGE_TOKENS, scene_tokenizer
 from engine.scenes_vlm.questions import Question, all_questions, normalise_answer
@@ -82,7 +82,7 @@ def test_patch_labels_name_the_object_each_patch_shows():
     for seed in SEEDS:
         scene = make_scene(seed)
         image, layout = render_with_layout(scene)
-        labels = patch_targets(scene, layout)  # [576, 3]
+        labels = patch_targets(scene, patch_owners(scene, layout))  # [576, 4]
         pixels = np.asarray(image).reshape(24, 14, 24, 14, 3).transpose(0, 2, 1, 3, 4).reshape(576, -1, 3)
         colours = list(COLOURS.values())
         for patch in torch.nonzero(labels[:, 0]).flatten().tolist():
@@ -94,6 +94,34 @@ def test_patch_labels_name_the_object_each_patch_shows():
         if scene.word is not None:
             assert (labels[:, 2] == WORDS.index(scene.word) + 1).any()
         assert (labels.sum(dim=1) == 0).sum() > 576 // 3  # most of every scene is background
+        for patch in torch.nonzero(labels[:, 3]).flatten().tolist():  # a labelled patch lies in its cell
+            row, column = divmod(patch, 24)
+            assert (row * 14 + 7) // CELL * GRID + (column * 14 + 7) // CELL == labels[patch, 3] - 1, (seed, patch)
+
+
+def test_each_answer_is_grounded_in_the_patches_of_what_it_names():
+    """The attention targets training uses: a colour or shape answer's patches show that colour or
+    shape, a position answer's lie in the named cell, a count's number of objects is the answer,
+    and text's is the word."""
+    for seed in SEEDS:
+        scene = make_scene(seed)
+        _, layout = render_with_layout(scene)
+        owners = patch_owners(scene, layout)  # [576]
+        labels = patch_targets(scene, owners)  # [576, 4]
+        for question in all_questions(scene, random.Random(seed)):
+            read_from = torch.isin(owners, torch.tensor(question.objects, dtype=owners.dtype))  # [576]
+            if question.kind == "count":
+                assert len(question.objects) == int(question.answer), (seed, question)
+                continue
+            assert read_from.any(), (seed, question)
+            if question.kind == "colour":
+                assert (labels[read_from, 0] == list(COLOURS).index(question.answer) + 1).all()
+            elif question.kind == "shape":
+                assert (labels[read_from, 1] == SHAPES.index(question.answer) + 1).all()
+            elif question.kind == "position":
+                assert (labels[read_from, 3] == CELL_NAMES.index(question.answer) + 1).all()
+            else:
+                assert (labels[read_from, 2] == WORDS.index(question.answer) + 1).all()
 
 
 def test_answers_agree_with_the_scene():
