@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("service", "engine")
 MAX_LINES = 300
-TRAINING_RECIPES = {"engine/plugins/speculative/train_head.py"}
+TRAINING_RECIPES = {"engine/plugins/speculative/train_head.py", "engine/scenes_vlm/train.py"}  # offline, not served
 
 
 def _modules() -> dict[str, Path]:
