@@ -148,7 +148,7 @@ class SceneReader(nn.Module):
         heads = GROUNDED_HEADS
         rows, positions = batch.target_rows, batch.target_positions
         queries = query[rows, :heads, positions]  # [T, h, D]
-        scores = torch.einsum("thd,thsd->ths", queries, key[rows, :heads]) * query.shape[-1] ** -0.5  # [T, h, S]
+        scores = torch.einsum("thd,thsd->ths", queries, key[rows, :heads]) * attention.scaling  # [T, h, S]
         later = torch.arange(key.shape[2], device=key.device) > positions[:, None]  # [T, S]
         probs = scores.masked_fill(later[:, None], float("-inf")).softmax(-1)  # [T, h, S]
         image_positions = (batch.input_ids == self.image_token_id).nonzero()[:, 1].view(len(batch.input_ids), -1)  # [B, 576]
@@ -196,7 +196,7 @@ _CAPTURED: dict[int, tuple] = {}  # layer -> (module, query, key, value) of the 
 
 
 def _register_capturing_attention() -> str:
-    """Register SDPA that also keeps the grounded layers' query and key; returns its name."""
+    """Register SDPA that also keeps the grounded layers' module, query, key and value; returns its name."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
