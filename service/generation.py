@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from engine.protocol import Engine, GenerationDelta, GenerationRequest, InvalidRequestError
+from engine.protocol import Engine, EngineDeadError, GenerationDelta, GenerationRequest, InvalidRequestError
 from service import metrics
 from service.admission import AdmissionController
 from service.errors import api_error, bad_request
@@ -30,6 +30,9 @@ class GenerationContext:
     admission: AdmissionController
     model_name: str
     limits: RequestLimits
+    # Told at once when a generation sees the engine die, so /health turns 503 without
+    # waiting for the next health poll.
+    on_engine_dead: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,10 @@ async def tracked_generation(
                         yield delta
             except InvalidRequestError as error:
                 raise api_error(error) from error
+            except EngineDeadError as error:
+                if context.on_engine_dead is not None:
+                    context.on_engine_dead(str(error) or type(error).__name__)
+                raise
             finally:
                 stats.finish_reasons.extend(["abort"] * (request.sampling.n - finished))
                 metrics.record_request(context.model_name, stats)

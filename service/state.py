@@ -70,7 +70,7 @@ class ServerState:
                            code="model_loading", headers={"Retry-After": "5"})
 
     def attach(self, engine: Engine) -> None:
-        context = GenerationContext(engine, self.admission, self.model_name, self.limits)
+        context = GenerationContext(engine, self.admission, self.model_name, self.limits, on_engine_dead=self.mark_dead)
         self.chat = ChatCompletionServing(context)
         self.completion = CompletionServing(context)
         self.responses = ResponsesServing(context, self.chat)
@@ -78,8 +78,10 @@ class ServerState:
         metrics.set_engine_ready(self.model_name, True)
 
     def mark_dead(self, reason: str) -> None:
-        if self.dead_reason is None:
-            logger.error("engine unavailable: %s", reason)
+        """Idempotent: a generation and the health poll may both see the same death."""
+        if self.dead_reason is not None:
+            return
+        logger.error("engine unavailable: %s", reason)
         self.dead_reason = reason
         metrics.set_engine_ready(self.model_name, False)
         self.background.append(asyncio.create_task(self._exit_after_grace()))

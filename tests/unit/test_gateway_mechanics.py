@@ -159,7 +159,8 @@ def test_drain_refuses_new_work_and_lets_in_flight_finish():
 
 
 def test_engine_death_fails_requests_clearly_and_asks_to_exit(monkeypatch):
-    monkeypatch.setattr("service.app._HEALTH_POLL_S", 0.02)
+    # The health poll never runs here: the request that sees the engine die must mark it dead itself.
+    monkeypatch.setattr("service.app._HEALTH_POLL_S", 60.0)
     monkeypatch.setattr("service.state._DEAD_EXIT_GRACE_S", 0.05)
     engine = FakeEngine(step_s=0.01, die_at_step=5)  # httpx's ASGI transport buffers whole responses
 
