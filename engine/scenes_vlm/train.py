@@ -60,6 +60,7 @@ from engine.scenes_vlm.held_out import TEST_SEED_BASE, held_out_question
 from engine.scenes_vlm.model import FEATURE_LAYER, IMAGE_TOKEN, image_processor, llava_config, scene_tokenizer
 from engine.scenes_vlm.questions import KINDS, all_questions
 from engine.scenes_vlm.scenes import make_scene, render_with_layout
+from engine.scenes_vlm.tower import pretrain_tower
 from engine.scenes_vlm.weights import WEIGHTS_DIR, save_weights
 
 
@@ -72,15 +73,17 @@ class Preset:
     eval_every: int
     eval_scenes: int
     device: str
+    tower_steps: int = 0  # stage 1 (tower.py): the tower alone on the dense labels, before LLaVA end to end
+    tower_batch_size: int = 32
 
 
 PRESETS = {
     # ~55 min on two CPU cores at ~3.5 s a step (float32: this CPU's bf16 matmuls are 15x slower).
     "cpu": Preset(batch_size=16, steps=900, learning_rate=2e-3, warmup_steps=100, eval_every=300,
-                  eval_scenes=300, device="cpu"),
+                  eval_scenes=300, device="cpu", tower_steps=800, tower_batch_size=32),
     # The same recipe with 4x the scenes per step and 2x the steps, for when a GPU is lent.
     "gpu": Preset(batch_size=64, steps=2800, learning_rate=2e-3, warmup_steps=200, eval_every=700,
-                  eval_scenes=1000, device="cuda"),
+                  eval_scenes=1000, device="cuda", tower_steps=1600, tower_batch_size=128),
 }
 
 
@@ -108,7 +111,7 @@ class SceneReader(nn.Module):
     def answer_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [T, V] at the supervised positions, the ViT's feature-layer states [B, 577, Dv])."""
         model = self.llava.model
-        features = model.vision_tower(batch.pixel_values, output_hidden_states=True).hidden_states[-1]  # [B, 577, Dv]
+        features = self.tower_features(batch.pixel_values)  # [B, 577, Dv]
         image_embeds = model.multi_modal_projector(features[:, 1:])  # [B, 576, Dt]
         embeds = model.language_model.embed_tokens(batch.input_ids)  # [B, S, Dt]
         image_slots = (batch.input_ids == self.image_token_id).unsqueeze(-1)  # [B, S, 1]
@@ -122,16 +125,30 @@ class SceneReader(nn.Module):
         logits, features = self.answer_logits(batch)  # [T, V], [B, 577, Dv]
         answer_loss = functional.cross_entropy(logits, batch.target_ids)
         grounding = sum(self.grounding_loss(batch, *_CAPTURED[layer]) for layer in GROUNDED_LAYERS) / len(GROUNDED_LAYERS)
-        presence_loss = functional.binary_cross_entropy_with_logits(self.presence_head(features[:, 0]), batch.presence)
+        vision_loss = self.vision_loss(features, batch.presence, batch.patch_labels)
+        return answer_loss, vision_loss, grounding, logits.argmax(-1) == batch.target_ids
+
+    def tower_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The ViT's feature-layer states [B, 577, Dv] ([CLS] first), what the projector reads."""
+        return self.llava.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-1]
+
+    def vision_loss(self, features: torch.Tensor, presence: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
+        """[CLS] presence + per-patch label losses of ``features`` [B, 577, Dv]; keeps each part's loss, and
+        each head's accuracy on the patches that show its attribute, in ``vision_parts`` for the log."""
+        presence_loss = functional.binary_cross_entropy_with_logits(self.presence_head(features[:, 0]), presence)
         patches = features[:, 1:].flatten(0, 1)  # [B * 576, Dv]
-        labels = batch.patch_labels.flatten(0, 1)  # [B * 576, 4]
+        labels = patch_labels.flatten(0, 1)  # [B * 576, 4]
         on_object = labels.any(-1)  # attributes are learnt where there is something; colour also learns where
-        parts = {name: functional.cross_entropy(head(patches if name == "colour" else patches[on_object]),
-                                                labels[:, index] if name == "colour" else labels[on_object, index])
-                 for index, (name, head) in enumerate(zip(PATCH_LABEL_CLASSES, self.patch_heads))}
-        self.vision_parts = {"presence": presence_loss.item(), **{name: loss.item() for name, loss in parts.items()}}
-        patch_loss = sum(parts.values()) / len(parts)
-        return answer_loss, presence_loss + patch_loss, grounding, logits.argmax(-1) == batch.target_ids
+        parts, accuracy = {}, {}
+        for index, (name, head) in enumerate(zip(PATCH_LABEL_CLASSES, self.patch_heads)):
+            rows = slice(None) if name == "colour" else on_object
+            logits = head(patches[rows])  # [N, classes]
+            parts[name] = functional.cross_entropy(logits, labels[rows, index])
+            right = logits.argmax(-1) == labels[rows, index]  # [N]
+            accuracy[f"{name}_accuracy"] = right[labels[rows, index] > 0].float().mean().item()  # where it is shown
+        self.vision_parts = {"presence": presence_loss.item(), **{name: loss.item() for name, loss in parts.items()},
+                             **accuracy}
+        return presence_loss + sum(parts.values()) / len(parts)
 
     def grounding_loss(self, batch: Batch, attention: nn.Module, query: torch.Tensor, key: torch.Tensor,
                        value: torch.Tensor) -> torch.Tensor:
@@ -148,7 +165,7 @@ class SceneReader(nn.Module):
         heads = GROUNDED_HEADS
         rows, positions = batch.target_rows, batch.target_positions
         queries = query[rows, :heads, positions]  # [T, h, D]
-        scores = torch.einsum("thd,thsd->ths", queries, key[rows, :heads]) * attention.scaling  # [T, h, S]
+        scores = torch.einsum("thd,thsd->ths", queries, key[rows, :heads]) * query.shape[-1] ** -0.5  # [T, h, S]
         later = torch.arange(key.shape[2], device=key.device) > positions[:, None]  # [T, S]
         probs = scores.masked_fill(later[:, None], float("-inf")).softmax(-1)  # [T, h, S]
         image_positions = (batch.input_ids == self.image_token_id).nonzero()[:, 1].view(len(batch.input_ids), -1)  # [B, 576]
@@ -196,7 +213,7 @@ _CAPTURED: dict[int, tuple] = {}  # layer -> (module, query, key, value) of the 
 
 
 def _register_capturing_attention() -> str:
-    """Register SDPA that also keeps the grounded layers' module, query, key and value; returns its name."""
+    """Register SDPA that also keeps the grounded layers' query and key; returns its name."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -267,9 +284,10 @@ def train(preset: Preset, language_model_dir: Path, out: Path, log: Path) -> dic
     config = llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                           tokenizer.bos_token_id or 1, tokenizer.eos_token_id)
     reader = SceneReader(config).to(preset.device)
+    started = time.monotonic()
+    tower = pretrain_tower(reader, preset, processor, log) if preset.tower_steps else None
     optimiser = torch.optim.AdamW(reader.parameters(), lr=preset.learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
     history = []
-    started = time.monotonic()
     for step in range(preset.steps):
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, preset)
@@ -293,7 +311,7 @@ def train(preset: Preset, language_model_dir: Path, out: Path, log: Path) -> dic
         if (step + 1) % 10 == 0 or "held_out" in record:
             with log.open("a") as stream:
                 stream.write(json.dumps(record) + "\n")
-    summary = {"preset": asdict(preset), "minutes": round((time.monotonic() - started) / 60, 1),
+    summary = {"preset": asdict(preset), "minutes": round((time.monotonic() - started) / 60, 1), "tower": tower,
                "scenes_seen": preset.steps * preset.batch_size, "final": history[-1]}
     (out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -306,13 +324,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--steps", type=int, help="override the preset's step count")
+    parser.add_argument("--tower-steps", type=int, help="override the preset's tower-stage step count (0: none)")
     parser.add_argument("--eval-scenes", type=int, help="override the preset's held-out evaluation size")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    overrides = {"steps": args.steps, "eval_scenes": args.eval_scenes}
-    preset = Preset(**{**asdict(preset), **{key: value for key, value in overrides.items() if value}})
+    overrides = {"steps": args.steps, "eval_scenes": args.eval_scenes, "tower_steps": args.tower_steps}
+    preset = Preset(**{**asdict(preset), **{key: value for key, value in overrides.items() if value is not None}})
     if args.threads:
         torch.set_num_threads(args.threads)
     text_model = prepare(CATALOGUE["smollm2-135m-instruct"], Settings().cache_dir)
