@@ -44,8 +44,11 @@ def pretrain_tower(reader, preset, processor, log: Path) -> dict:
     from engine.scenes_vlm.train import learning_rate
 
     schedule = replace(preset, steps=preset.tower_steps, warmup_steps=min(preset.warmup_steps, preset.tower_steps // 10))
-    parameters = [*reader.llava.model.vision_tower.parameters(), *reader.presence_head.parameters(),
-                  *reader.patch_heads.parameters()]
+    model = reader.llava.model
+    # The projector, word table and final norm too: the image tokens' word alignment (word_alignment.py).
+    parameters = [*model.vision_tower.parameters(), *reader.presence_head.parameters(),
+                  *reader.patch_heads.parameters(), *model.multi_modal_projector.parameters(),
+                  *model.language_model.embed_tokens.parameters(), *model.language_model.norm.parameters()]
     optimiser = torch.optim.AdamW(parameters, lr=preset.learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
     started = time.monotonic()
     record: dict = {}

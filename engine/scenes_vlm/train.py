@@ -62,6 +62,7 @@ from engine.scenes_vlm.questions import KINDS, all_questions
 from engine.scenes_vlm.scenes import make_scene, render_with_layout
 from engine.scenes_vlm.tower import pretrain_tower
 from engine.scenes_vlm.weights import WEIGHTS_DIR, save_weights
+from engine.scenes_vlm.word_alignment import AnswerWords, alignment_loss, answer_words
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,10 @@ class Preset:
 
 
 PRESETS = {
-    # ~55 min on two CPU cores at ~3.5 s a step (float32: this CPU's bf16 matmuls are 15x slower).
-    "cpu": Preset(batch_size=16, steps=900, learning_rate=2e-3, warmup_steps=100, eval_every=300,
-                  eval_scenes=300, device="cpu", tower_steps=800, tower_batch_size=32),
+    # ~65 min on two CPU cores (float32: this CPU's bf16 matmuls are 15x slower): stage 1 at ~2.2 s a
+    # step (~22 min), stage 2 at ~3.4 s a step (~40 min), held-out evaluations ~1 min each.
+    "cpu": Preset(batch_size=16, steps=700, learning_rate=2e-3, warmup_steps=100, eval_every=350,
+                  eval_scenes=300, device="cpu", tower_steps=600, tower_batch_size=32),
     # The same recipe with 4x the scenes per step and 2x the steps, for when a GPU is lent.
     "gpu": Preset(batch_size=64, steps=2800, learning_rate=2e-3, warmup_steps=200, eval_every=700,
                   eval_scenes=1000, device="cuda", tower_steps=1600, tower_batch_size=128),
@@ -90,8 +92,9 @@ PRESETS = {
 class SceneReader(nn.Module):
     """LLaVA plus the training-only [CLS] presence head; runs the ViT only up to the feature layer."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, words: AnswerWords) -> None:
         super().__init__()
+        self.words = words  # the answer words each object patch's image token is aligned to (word_alignment.py)
         from transformers import LlavaForConditionalGeneration
 
         self.llava = LlavaForConditionalGeneration(config)
@@ -146,9 +149,13 @@ class SceneReader(nn.Module):
             parts[name] = functional.cross_entropy(logits, labels[rows, index])
             right = logits.argmax(-1) == labels[rows, index]  # [N]
             accuracy[f"{name}_accuracy"] = right[labels[rows, index] > 0].float().mean().item()  # where it is shown
+        image_tokens = self.llava.model.multi_modal_projector(patches[on_object])  # [N, Dt]
+        language_model = self.llava.model.language_model
+        aligned, aligned_accuracy = alignment_loss(language_model.norm(image_tokens), labels[on_object], self.words,
+                                                   language_model.embed_tokens.weight)
         self.vision_parts = {"presence": presence_loss.item(), **{name: loss.item() for name, loss in parts.items()},
-                             **accuracy}
-        return presence_loss + sum(parts.values()) / len(parts)
+                             "aligned": aligned.item(), **accuracy, **aligned_accuracy}
+        return presence_loss + sum(parts.values()) / len(parts) + aligned
 
     def grounding_loss(self, batch: Batch, attention: nn.Module, query: torch.Tensor, key: torch.Tensor,
                        value: torch.Tensor) -> torch.Tensor:
@@ -165,7 +172,7 @@ class SceneReader(nn.Module):
         heads = GROUNDED_HEADS
         rows, positions = batch.target_rows, batch.target_positions
         queries = query[rows, :heads, positions]  # [T, h, D]
-        scores = torch.einsum("thd,thsd->ths", queries, key[rows, :heads]) * query.shape[-1] ** -0.5  # [T, h, S]
+        scores = torch.einsum("thd,thsd->ths", queries, key[rows, :heads]) * attention.scaling  # [T, h, S]
         later = torch.arange(key.shape[2], device=key.device) > positions[:, None]  # [T, S]
         probs = scores.masked_fill(later[:, None], float("-inf")).softmax(-1)  # [T, h, S]
         image_positions = (batch.input_ids == self.image_token_id).nonzero()[:, 1].view(len(batch.input_ids), -1)  # [B, 576]
@@ -213,7 +220,7 @@ _CAPTURED: dict[int, tuple] = {}  # layer -> (module, query, key, value) of the 
 
 
 def _register_capturing_attention() -> str:
-    """Register SDPA that also keeps the grounded layers' query and key; returns its name."""
+    """Register SDPA that also keeps the grounded layers' module, query, key and value; returns its name."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -283,7 +290,7 @@ def train(preset: Preset, language_model_dir: Path, out: Path, log: Path) -> dic
     processor = image_processor()
     config = llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                           tokenizer.bos_token_id or 1, tokenizer.eos_token_id)
-    reader = SceneReader(config).to(preset.device)
+    reader = SceneReader(config, answer_words(tokenizer).to(preset.device)).to(preset.device)
     started = time.monotonic()
     tower = pretrain_tower(reader, preset, processor, log) if preset.tower_steps else None
     optimiser = torch.optim.AdamW(reader.parameters(), lr=preset.learning_rate, betas=(0.9, 0.98), weight_decay=0.01)

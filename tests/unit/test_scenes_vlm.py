@@ -199,10 +199,11 @@ def test_what_training_computes_is_the_llava_that_transformers_and_vllm_load(tmp
     from engine.scenes_vlm.model import image_processor, llava_config
     from engine.scenes_vlm.train import SceneReader, make_batch
     from engine.scenes_vlm.weights import save_weights
+    from engine.scenes_vlm.word_alignment import answer_words
 
     torch.manual_seed(0)
     config = llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), 1, tokenizer.eos_token_id)
-    reader = SceneReader(config).eval()
+    reader = SceneReader(config, answer_words(tokenizer)).eval()
     for parameter in reader.parameters():
         parameter.data.normal_(0, 0.05)  # not the init: a mapping that swaps two tensors must show
     reader.half().float()  # the rounding saving applies
@@ -221,8 +222,9 @@ def test_what_training_computes_is_the_llava_that_transformers_and_vllm_load(tmp
 def test_the_recipe_runs_end_to_end_and_reports_held_out_accuracy(tmp_path):
     from engine.scenes_vlm.train import main
 
-    main(["--steps", "2", "--eval-scenes", "10", "--out", str(tmp_path)])
+    main(["--tower-steps", "2", "--steps", "2", "--eval-scenes", "10", "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["tower"]["tower_step"] == 2
     assert summary["scenes_seen"] == 2 * summary["preset"]["batch_size"]
     held_out = summary["final"]["held_out"]
     assert sum(held_out["asked"].values()) == 10 and 0 <= held_out["accuracy"] <= 1
@@ -232,3 +234,34 @@ def test_the_recipe_runs_end_to_end_and_reports_held_out_accuracy(tmp_path):
 def test_serving_before_training_names_the_command_that_trains(tmp_path):
     with pytest.raises(ValueError, match="python -m engine.scenes_vlm.train"):
         build_scene_reader(tmp_path, tmp_path / "model", tmp_path / "no-weights")
+
+
+def test_image_tokens_are_aligned_to_the_words_an_answer_starts_with(tokenizer):
+    """Each kind's classes map to the first token the model writes for them (the second, for a cell's
+    column), and a patch whose read-out is exactly its words' embeddings is ranked right on every kind."""
+    from engine.scenes_vlm.word_alignment import IGNORE, alignment_loss, answer_words
+
+    words = answer_words(tokenizer)
+    decoded = {kind: [tokenizer.decode([token]) for token in getattr(words, kind).tolist()]
+               for kind in ("colour", "shape", "word", "row", "column")}
+    for kind, names in (("colour", COLOURS), ("shape", SHAPES), ("word", WORDS)):  # "triangle" is "tri" + "angle"
+        assert len(set(decoded[kind])) == len(names) and all(map(str.startswith, names, decoded[kind])), decoded[kind]
+    for cell, name in enumerate(CELL_NAMES):
+        assert name.startswith(decoded["row"][words.row_of_cell[cell]])
+        column = words.column_of_cell[cell].item()
+        assert (column == IGNORE) == (" " not in name)
+        assert column == IGNORE or name.endswith(decoded["column"][column])
+    torch.manual_seed(0)
+    embeddings = torch.randn(len(tokenizer), 256)  # [V, D]
+    labels = torch.tensor([[1, 2, 0, 1], [6, 4, 0, 5], [0, 0, 12, 9]])  # colour, shape, word, cell classes
+    read_out = torch.zeros(3, 256)
+    for row, (colour, shape, word, cell) in enumerate(labels.tolist()):
+        tokens = [words.colour[colour - 1]] * bool(colour) + [words.shape[shape - 1]] * bool(shape)
+        tokens += [words.word[word - 1]] * bool(word) + [words.row[words.row_of_cell[cell - 1]]]
+        if words.column_of_cell[cell - 1] != IGNORE:
+            tokens.append(words.column[words.column_of_cell[cell - 1]])
+        read_out[row] = 10 * embeddings[torch.stack(tokens)].sum(0)
+    right, accuracy = alignment_loss(read_out, labels, words, embeddings)
+    assert set(accuracy.values()) == {1.0}
+    wrong, _ = alignment_loss(read_out.roll(1, 0), labels, words, embeddings)
+    assert right < wrong
