@@ -1,16 +1,19 @@
-"""Visual-token pruning on a real server: a LLaVA model (random 4-layer CLIP tower, real SmolLM2-135M)
-served through vLLM's multimodal path, images sent as base64 data URLs with the ``openai`` client.
+"""Visual-token pruning on a real server: the shipped scene reader (``llava-scenes``: a CLIP tower,
+projector and SmolLM2-135M trained here to answer questions about rendered scenes) served through
+vLLM's multimodal path, images sent as base64 data URLs with the ``openai`` client.
 
 The server writes what it selected (and the embeddings it selected from) into a trace directory,
 so that each method's choice inside vLLM is checked against the one-token-at-a-time reference on the
-very same embeddings. Whether pruning keeps answers right needs a model that has learned to see:
-that is part 2's trained model and benchmark, not this file.
+very same embeddings. The model has learned to see, so the held-out questions its card names are asked
+too: unpruned and at half the image tokens, it must score what the card and the benchmark state
+(``benchmarks/visual_pruning_accuracy.py``).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -24,15 +27,17 @@ import torch
 from PIL import Image
 
 from benchmarks.local_server import free_port, start_server, stop_server
+from benchmarks.visual_pruning_accuracy import CARD
 from engine.catalogue import resolve_model
 from engine.plugins.visual_pruning import selection
+from engine.scenes_vlm.held_out import HeldOutQuestion, held_out_questions
 from kernels.visual_token_selection import reference
 from service.settings import Settings
 from tests.prometheus import evaluate_panels
 
-from .conftest import Server, sample, scrape, serve_command
+from .conftest import MAX_RUNNING, Server, sample, scrape, serve_command
 
-MODEL = "llava-smollm2-135m-tiny"
+MODEL = "llava-scenes"
 TOKENS_PER_IMAGE = 576
 METHODS = ("divprune", "cls", "zoo", "random", "stride")
 
@@ -47,7 +52,7 @@ def vlm_server(trace_dir: Path) -> Server:
     port = free_port()
     log_path = Path(tempfile.mkdtemp(prefix="leanserve-vlm-")) / "server.log"
     command = serve_command(port, "--model", MODEL, "--visual-pruning", "divprune", "--visual-pruning-keep", "0.1",
-                            "--dtype", "float32", "--max-model-len", "4096", "--kv-cache-gib", "1")
+                            "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-gib", "1")
     env = {**os.environ, "LEANSERVE_VISUAL_PRUNING_TRACE": str(trace_dir), "LEANSERVE_VISUAL_PRUNING_TRACE_TENSORS": "1"}
     base_url = f"http://127.0.0.1:{port}"
     process = start_server(command, log_path, f"{base_url}/ready", env=env, timeout_s=600)
@@ -251,3 +256,43 @@ def test_the_dashboard_panel_shows_the_share_pruned(vlm, vlm_server, tmp_path):
     stages = {(labels["method"], labels["stage"]) for labels, value in by_stage if value > 0}
     assert stages == {("divprune", "encoded"), ("divprune", "kept")}
     assert pruned_share == pytest.approx(1 - round(0.25 * TOKENS_PER_IMAGE) / TOKENS_PER_IMAGE, abs=1e-6)
+
+
+def held_out_accuracy(client: openai.OpenAI, questions: list[HeldOutQuestion], budget: dict,
+                      image_of: dict[int, HeldOutQuestion] | None = None) -> float:
+    """Share of ``questions`` answered right under ``budget``, asked as the benchmark asks them (greedy,
+    a few tokens, as many at once as the server runs); ``image_of`` shows question i another one's image."""
+    def right(pair: tuple[int, HeldOutQuestion]) -> bool:
+        index, question = pair
+        messages = question.messages() if image_of is None else [{"role": "user", "content": [
+            image_of[index].messages()[0]["content"][0], {"type": "text", "text": question.text}]}]
+        reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                               extra_body={"visual_pruning": budget})
+        return question.is_right(reply.choices[0].message.content or "")
+
+    with ThreadPoolExecutor(MAX_RUNNING) as pool:
+        return sum(pool.map(right, enumerate(questions))) / len(questions)
+
+
+def card_ci_set() -> tuple[dict, list[HeldOutQuestion]]:
+    card = json.loads(CARD.read_text())
+    return card, held_out_questions(card["ci_set"]["questions"])
+
+
+def test_the_shipped_model_scores_what_its_card_states(vlm):
+    """Unpruned and with DivPrune at 50%, the card's held-out questions score what the benchmark measured."""
+    card, questions = card_ci_set()
+    tolerance = card["ci_set"]["tolerance"]
+    unpruned = held_out_accuracy(vlm, questions, {"enabled": False})
+    assert unpruned == pytest.approx(card["ci_set"]["unpruned"], abs=tolerance)
+    assert unpruned > card["chance"]["all"] + 0.1  # above the best blind guess
+    half = held_out_accuracy(vlm, questions, {"method": "divprune", "keep": 0.5})
+    assert half == pytest.approx(card["ci_set"]["divprune@0.5"], abs=tolerance)
+
+
+def test_answers_need_the_image(vlm):
+    """Each question asked about the next question's scene: the model reads the image, so it scores far lower."""
+    card, questions = card_ci_set()
+    swapped = {index: questions[(index + 1) % len(questions)] for index in range(len(questions))}
+    # a swapped image can still hold the same answer, by chance: compare with the card's own score
+    assert held_out_accuracy(vlm, questions, {"enabled": False}, image_of=swapped) < card["ci_set"]["unpruned"] - 0.15
