@@ -105,6 +105,7 @@ def plot(rows: dict[str, dict], chance: float, path: Path, title: str) -> None:
         axis.set_title(kind, fontsize=10)
         axis.set_xscale("log")
         axis.set_xticks([100 * r for r in RATIOS], [f"{100 * r:g}" for r in RATIOS])
+        axis.minorticks_off()
         axis.set_ylim(0, 102)
         axis.grid(alpha=0.3)
     for axis in axes[1]:
