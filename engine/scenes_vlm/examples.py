@@ -9,7 +9,7 @@ answer are supervised, so the model learns to answer and to stop.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -137,6 +137,7 @@ class Batch:
     answer_of_target: torch.Tensor  # [T] which answer (numbered over the batch) each token belongs to
     target_patches: torch.Tensor  # [T, 576] bool: the patches each supervised token's answer is read from
     target_read_off: torch.Tensor  # [T] bool: the token can be read off its patches alone (Example.read_off)
+    kept_patches: torch.Tensor | None = None  # [B, k] sorted: the image tokens the language model sees (None: all)
 
 
 def collate(examples: list[Example], pixel_values: torch.Tensor, presence: torch.Tensor, owners: torch.Tensor,
@@ -162,3 +163,23 @@ def collate(examples: list[Example], pixel_values: torch.Tensor, presence: torch
     return Batch(input_ids, attention_mask, pixel_values, torch.tensor(rows), torch.tensor(positions),
                  torch.tensor(targets), presence, patch_labels, torch.tensor(answer_index), torch.stack(patches),
                  torch.tensor(read_off))
+
+
+def drop_image_tokens(batch: Batch, kept: torch.Tensor, image_token_id: int) -> Batch:
+    """The batch as the language model sees it after pruning inside vLLM: each row keeps only the image
+    tokens ``kept`` [B, k] (sorted patch indices) and every later token moves up, so the kept ones sit at
+    consecutive positions. Trained on part of the time, it stops the model reading "where" from an image
+    token's place in the sequence (which pruning renumbers) instead of from its content."""
+    rows, dropped = kept.shape[0], NUM_IMAGE_TOKENS - kept.shape[1]
+    image_positions = (batch.input_ids == image_token_id).nonzero()[:, 1].view(rows, NUM_IMAGE_TOKENS)  # [B, 576]
+    stays = batch.input_ids != image_token_id  # [B, S]
+    stays.scatter_(1, image_positions.gather(1, kept), True)
+    width = batch.input_ids.shape[1] - dropped
+    return replace(
+        batch,
+        input_ids=batch.input_ids[stays].view(rows, width),  # [B, S - dropped]
+        attention_mask=batch.attention_mask[stays].view(rows, width),
+        target_positions=batch.target_positions - dropped,  # answers all follow the image
+        target_patches=batch.target_patches.gather(1, kept[batch.target_rows]),  # [T, k]
+        kept_patches=kept,
+    )

@@ -222,13 +222,42 @@ def test_what_training_computes_is_the_llava_that_transformers_and_vllm_load(tmp
 def test_the_recipe_runs_end_to_end_and_reports_held_out_accuracy(tmp_path):
     from engine.scenes_vlm.train import main
 
-    main(["--tower-steps", "2", "--steps", "2", "--eval-scenes", "10", "--out", str(tmp_path)])
+    main(["--tower-steps", "2", "--steps", "2", "--eval-scenes", "10", "--image-token-drop", "1", "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["tower"]["tower_step"] == 2
     assert summary["scenes_seen"] == 2 * summary["preset"]["batch_size"]
     held_out = summary["final"]["held_out"]
     assert sum(held_out["asked"].values()) == 10 and 0 <= held_out["accuracy"] <= 1
     assert (tmp_path / WEIGHTS_FILE).exists() and (tmp_path / "config.json").exists()
+
+
+def test_a_pruned_batch_is_what_the_language_model_sees_after_pruning_in_vllm(tokenizer):
+    """Dropping image tokens keeps the kept ones in order at consecutive positions, moves every later token
+    up with its supervision, and narrows each answer's patches to the kept ones; keeping all changes nothing."""
+    from engine.scenes_vlm.examples import drop_image_tokens
+    from engine.scenes_vlm.model import image_processor, llava_config
+    from engine.scenes_vlm.train import SceneReader, make_batch
+    from engine.scenes_vlm.word_alignment import answer_words
+
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    batch, _ = make_batch([5, 6, 7], tokenizer, image_processor())
+    kept = torch.stack([torch.randperm(NUM_IMAGE_TOKENS, generator=torch.Generator().manual_seed(row))[:40].sort().values
+                        for row in range(3)])  # [B, 40]
+    pruned = drop_image_tokens(batch, kept, image_id)
+    for row in range(3):
+        image = (pruned.input_ids[row] == image_id).nonzero().flatten()
+        assert len(image) == 40 and (image.diff() == 1).all()
+        assert torch.equal(pruned.input_ids[row][pruned.input_ids[row] != image_id],
+                           batch.input_ids[row][batch.input_ids[row] != image_id])
+    assert torch.equal(pruned.input_ids[pruned.target_rows, pruned.target_positions + 1], batch.target_ids)
+    assert torch.equal(pruned.target_patches, batch.target_patches.gather(1, kept[batch.target_rows]))
+    config = llava_config(len(tokenizer), image_id, 1, tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    reader = SceneReader(config, answer_words(tokenizer)).eval()
+    everything = torch.arange(NUM_IMAGE_TOKENS).expand(3, -1)
+    with torch.no_grad():
+        assert torch.allclose(reader.answer_logits(drop_image_tokens(batch, everything, image_id))[0],
+                              reader.answer_logits(batch)[0], atol=1e-5)
 
 
 def test_serving_before_training_names_the_command_that_trains(tmp_path):
