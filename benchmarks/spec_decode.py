@@ -47,7 +47,19 @@ QWEN = (
     ServerConfig("qwen1.5b none", QWEN_TARGET),
     ServerConfig("qwen1.5b draft:0.5b", (*QWEN_TARGET, "--speculative", "draft:Qwen2.5-Coder-0.5B-Instruct")),
 )
-SUITES = {"smollm2": SMOLLM2, "qwen": QWEN, "all": SMOLLM2 + QWEN,
+# Under load: each method as shipped (drafting at every batch size) beside the same method with
+# --speculative-max-batch (no drafts in steps above N requests), against no speculation, in one run.
+LOAD = (
+    ServerConfig("none", ()),
+    ServerConfig("ngram k=4", ("--speculative", "ngram")),
+    ServerConfig("ngram k=4 max-batch 2", ("--speculative", "ngram", "--speculative-max-batch", "2")),
+    ServerConfig("suffix k=8", ("--speculative", "suffix")),
+    ServerConfig("suffix k=8 max-batch 4", ("--speculative", "suffix", "--speculative-max-batch", "4")),
+    ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
+    ServerConfig("mtp k=2 max-batch 2", ("--speculative", "mtp", "--num-speculative-tokens", "2",
+                                         "--speculative-max-batch", "2")),
+)
+SUITES = {"smollm2": SMOLLM2, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 
@@ -90,7 +102,7 @@ def run_config(config: ServerConfig, args: argparse.Namespace, scratch: Path) ->
     try:
         is_qwen = "qwen" in config.name
         for dataset, concurrency in args.levels:
-            num = (4 if concurrency == 1 else 8) if is_qwen else (args.requests_c1 if concurrency == 1 else 24)
+            num = (4 if concurrency == 1 else 8) if is_qwen else (args.requests_c1 if concurrency == 1 else max(24, 2 * concurrency))
             output_len = 96 if is_qwen else args.output_len
             before = _counters(base_url)
             result = _bench(base_url, dataset, concurrency, num, output_len, scratch / f"{port}-{dataset}-{concurrency}")

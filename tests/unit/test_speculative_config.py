@@ -48,10 +48,31 @@ def test_bad_flag_fails_settings_validation_naming_the_field() -> None:
 def test_vllm_config_per_method() -> None:
     ngram = vllm_speculative_config(parse_speculative("ngram"), None, "SmolLM2-135M-Instruct")
     assert ngram["method"] == "ngram" and ngram["num_speculative_tokens"] == 4
-    suffix = vllm_speculative_config(parse_speculative("suffix"), 6, "SmolLM2-135M-Instruct")
-    assert suffix == {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": 6}
+    suffix = vllm_speculative_config(parse_speculative("suffix"), 6, "SmolLM2-135M-Instruct", max_batch=3)
+    assert suffix == {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": 6,
+                      "num_speculative_tokens_per_batch_size": [(1, 3, 6), (4, 4, 0)]}
     draft = vllm_speculative_config(parse_speculative("draft:small"), None, "big", draft_path="/models/small")
-    assert draft == {"method": "draft_model", "model": "/models/small", "num_speculative_tokens": 4}
+    assert draft == {"method": "draft_model", "model": "/models/small", "num_speculative_tokens": 4}  # no limit
+
+
+@pytest.mark.parametrize("method", ["ngram", "suffix", "draft:small", "mtp"])
+@pytest.mark.parametrize("max_batch", [0, 1, 5])
+def test_drafts_stop_above_the_largest_batch_that_still_gains(method, max_batch) -> None:
+    """vLLM's own lookup of the schedule: K drafts up to max_batch requests in a step, none above."""
+    from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+    spec = parse_speculative(method)
+    config = vllm_speculative_config(spec, None, "SmolLM2-135M-Instruct", draft_path="/models/small",
+                                     max_batch=max_batch)
+    k = config["num_speculative_tokens"]
+    by_batch = build_dynamic_sd_schedule_lookup(config["num_speculative_tokens_per_batch_size"], 16, k)[1:]
+    assert by_batch == [k] * max_batch + [0] * (16 - max_batch)
+
+
+def test_the_max_batch_flag_is_validated() -> None:
+    assert Settings(speculative="ngram", speculative_max_batch=0).speculative_max_batch == 0
+    with pytest.raises(ValidationError, match="speculative_max_batch"):
+        Settings(speculative="ngram", speculative_max_batch=-1)
 
 
 def test_mtp_uses_the_head_shipped_for_the_default_model() -> None:

@@ -15,10 +15,11 @@ K = 5
 MAX_LEN = 256
 
 
-def make_proposer(k: int = K, max_len: int = MAX_LEN, **params) -> SuffixProposer:
+def make_proposer(k: int = K, max_len: int = MAX_LEN, schedule: list | None = None, **params) -> SuffixProposer:
     config = SimpleNamespace(
-        speculative_config=SimpleNamespace(num_speculative_tokens=k),
+        speculative_config=SimpleNamespace(num_speculative_tokens=k, num_speculative_tokens_per_batch_size=schedule),
         model_config=SimpleNamespace(max_model_len=max_len),
+        scheduler_config=SimpleNamespace(max_num_seqs=8),
     )
     return SuffixProposer(config, SuffixParams(**params))
 
@@ -203,3 +204,18 @@ def test_a_failure_costs_drafts_not_the_engine(caplog):
     batch = Batch(proposer)
     batch.put(0, [1, 2, 3, 4, 5, 6, 7, 8, 40, 41, 1, 2, 3])
     assert batch.step([[3]]) == [[4, 5, 6]]
+
+
+def test_no_drafts_in_steps_above_the_schedule_and_requests_still_followed():
+    """The batch-size schedule vLLM applies to its own proposers holds for this one too; while it drafts
+    nothing, every row is still indexed, so drafts resume as soon as the batch shrinks."""
+    sequence = [1, 2, 3, 4, 5, 6, 7, 8, 40, 41, 1, 2]
+    batch = Batch(make_proposer(schedule=[(1, 2, K), (3, 3, 0)]))
+    for row in range(3):
+        batch.put(row, sequence)
+    assert batch.step([[2], [2]]) == [[3, 4], [3, 4]]  # two requests: drafts (matched 2 tokens)
+    for row in range(3):
+        batch.append(row, [3])
+    assert batch.step([[3], [3], [3]]) == [[], [], []]  # three: none
+    batch.append(0, [4])
+    assert batch.step([[4]]) == [[5, 6, 7, 8]]  # alone again: its index kept up through the quiet step

@@ -12,6 +12,12 @@ Methods (all lossless: vLLM's rejection sampler verifies every draft against the
                    shipped for the served model in ``heads/<model name>/``.
 
 No per-request switch: vLLM speculates for the whole batch or not at all.
+
+``--speculative-max-batch N`` (opt-in): steps that run more than N requests draft nothing (vLLM's
+``num_speculative_tokens_per_batch_size`` schedule, looked up by the scheduler each step; the suffix
+proposer, a ``custom_class`` vLLM does not pass it to, reads the same schedule itself). Not a default:
+on this CPU it helps the learned head at concurrency 8-16 but makes ngram and suffix slower, since a
+step without drafts still pays for vLLM's speculative path (benchmarks/RESULTS.md, "under load").
 """
 
 from __future__ import annotations
@@ -62,14 +68,30 @@ def shipped_head(served_model: str) -> Path | None:
     return None
 
 
+def draft_schedule(k: int, max_batch: int) -> list[tuple[int, int, int]]:
+    """vLLM's ``num_speculative_tokens_per_batch_size``: K drafts per request while a step runs at most
+    ``max_batch`` requests, none above (vLLM carries the last entry's K to every larger batch)."""
+    if max_batch <= 0:
+        return [(1, 1, 0)]
+    return [(1, max_batch, k), (max_batch + 1, max_batch + 1, 0)]
+
+
 def vllm_speculative_config(spec: SpeculationSpec, num_tokens: int | None, served_model: str,
-                            draft_path: str | None = None) -> dict:
+                            draft_path: str | None = None, max_batch: int | None = None) -> dict:
     """The dict vLLM's ``AsyncEngineArgs(speculative_config=...)`` takes.
 
     ``draft_path`` is the resolved draft model directory (the caller resolves catalogue
-    names, which may download). Raises ValueError when ``mtp`` has no head for the model.
+    names, which may download); ``max_batch`` the largest step that still drafts (None: every
+    step may). Raises ValueError when ``mtp`` has no head for the model.
     """
     k = num_tokens or DEFAULT_NUM_TOKENS[spec.method]
+    config = _method_config(spec, k, served_model, draft_path)
+    if max_batch is not None:
+        config["num_speculative_tokens_per_batch_size"] = draft_schedule(k, max_batch)
+    return config
+
+
+def _method_config(spec: SpeculationSpec, k: int, served_model: str, draft_path: str | None) -> dict:
     if spec.method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     if spec.method == "suffix":

@@ -27,6 +27,9 @@ class SpeculativeSettings(BaseModel):
 
     speculative: Speculation | None = Field(None, description="ngram | suffix | draft:MODEL | mtp[:HEAD_DIR]")
     num_speculative_tokens: int | None = Field(None, gt=0, le=16, description="draft length K (default per method)")
+    speculative_max_batch: int | None = Field(
+        None, ge=0, le=4096,
+        description="draft only in steps that run at most this many requests (0: never; default: no limit)")
 
 
 class SpeculativePlugin(Plugin):
@@ -40,7 +43,8 @@ class SpeculativePlugin(Plugin):
     def engine_args(self, settings: SpeculativeSettings, context: EngineContext) -> dict[str, Any]:
         spec = settings.speculative
         draft_path = context.resolve_model(spec.model) if spec.method == "draft" else None
-        config = vllm_speculative_config(spec, settings.num_speculative_tokens, context.served_model_name, draft_path)
+        config = vllm_speculative_config(spec, settings.num_speculative_tokens, context.served_model_name, draft_path,
+                                         settings.speculative_max_batch)
         return {"speculative_config": config}
 
     def step_observer(self, settings: SpeculativeSettings, context: EngineContext) -> StepObserver:

@@ -45,11 +45,24 @@ _DETACHED = 64
 __all__ = ["SuffixParams", "SuffixProposer"]
 
 
+def _k_by_batch(vllm_config: VllmConfig) -> list[int] | None:
+    """Draft length by batch size (index = requests in the step) from the config's
+    ``num_speculative_tokens_per_batch_size``, which vLLM applies to its own proposers only."""
+    schedule = getattr(vllm_config.speculative_config, "num_speculative_tokens_per_batch_size", None)
+    if not schedule:
+        return None
+    from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+    return build_dynamic_sd_schedule_lookup(schedule, vllm_config.scheduler_config.max_num_seqs,
+                                            vllm_config.speculative_config.num_speculative_tokens)
+
+
 class SuffixProposer:
     """Drafts for every row of vLLM's batch from the request's own tokens and recent outputs."""
 
     def __init__(self, vllm_config: VllmConfig, params: SuffixParams = SuffixParams()) -> None:
         self.k = vllm_config.speculative_config.num_speculative_tokens
+        self.k_by_batch = _k_by_batch(vllm_config)
         self.max_model_len = vllm_config.model_config.max_model_len
         self.params = params
         self._failed = False
@@ -77,9 +90,10 @@ class SuffixProposer:
         """
         try:
             live = {i: int(num_tokens_no_spec[i]) for i, sampled in enumerate(sampled_token_ids) if sampled}
-            self._track(live, sampled_token_ids, token_ids_cpu)
+            self._track(live, sampled_token_ids, token_ids_cpu)  # even when not drafting: requests stay followed
+            k = self.k_by_batch[min(len(sampled_token_ids), len(self.k_by_batch) - 1)] if self.k_by_batch else self.k
             return [
-                self._draft(self._rows[i], min(self.k, self.max_model_len - live[i] - 1)) if i in live else []
+                self._draft(self._rows[i], min(k, self.max_model_len - live[i] - 1)) if i in live else []
                 for i in range(len(sampled_token_ids))
             ]
         except Exception:
