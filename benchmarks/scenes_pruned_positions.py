@@ -19,16 +19,17 @@ import torch
 
 from engine.catalogue import resolve_model
 from engine.scenes_vlm.held_out import HeldOutQuestion, accuracy_by_kind, held_out_questions
+from kernels.visual_token_selection import reference
 from service.settings import Settings
 
 TOKENS_PER_IMAGE = 576
 
 
 def kept_indices(method: str, keep: float, seed: int) -> torch.Tensor:
-    """[k] sorted patch indices: random-k (seeded per question) or uniform stride."""
+    """[k] sorted patch indices: random-k (seeded per question) or uniform stride (the server's own rule)."""
     count = max(1, round(keep * TOKENS_PER_IMAGE))
     if method == "stride":
-        return torch.linspace(0, TOKENS_PER_IMAGE - 1, count).round().long().unique()
+        return torch.tensor(reference.stride_reference(TOKENS_PER_IMAGE, count))
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(TOKENS_PER_IMAGE, generator=generator)[:count].sort().values
 
