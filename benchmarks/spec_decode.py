@@ -59,7 +59,15 @@ LOAD = (
     ServerConfig("mtp k=2 max-batch 2", ("--speculative", "mtp", "--num-speculative-tokens", "2",
                                          "--speculative-max-batch", "2")),
 )
-SUITES = {"smollm2": SMOLLM2, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD,
+# The one-forward parallel drafter (the shipped mtp) beside suffix decoding; --compare-head DIR adds
+# another drafter (e.g. the earlier serial EAGLE-1 head) in the same run.
+DRAFTER = (
+    ServerConfig("none", ()),
+    ServerConfig("suffix k=8", ("--speculative", "suffix")),
+    ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
+    ServerConfig("mtp k=3", ("--speculative", "mtp", "--num-speculative-tokens", "3")),
+)
+SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 
@@ -167,12 +175,18 @@ def main() -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=2.0)
     parser.add_argument("--levels", type=_levels, default=[(d, c) for d in DATASETS for c in (1, 8)],
                         help="dataset:concurrency list, default humaneval:1,humaneval:8,chat:1,chat:8")
+    parser.add_argument("--compare-head", type=Path, default=None,
+                        help="another drafter directory to run as 'mtp:DIR k=2' in the same suite")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    configs = SUITES[args.suite]
+    if args.compare_head:
+        configs += (ServerConfig(f"{args.compare_head.name} k=2", (
+            "--speculative", f"mtp:{args.compare_head}", "--num-speculative-tokens", "2")),)
     started = time.time()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="spec-bench-") as scratch:
-        for config in SUITES[args.suite]:
+        for config in configs:
             rows += run_config(config, args, Path(scratch))
             (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
     result = {

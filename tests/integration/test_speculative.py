@@ -144,6 +144,26 @@ def test_greedy_output_is_token_identical_with_speculation(
     assert re.search(rf'leanserve_spec_decode_mean_accepted_length{{method="{method.split(":")[0]}"', metrics)
 
 
+def test_a_request_can_opt_out_and_gets_the_same_answer_without_drafts(
+    server: Server, reference_answers: list[Answer], speculative_server: tuple[str, str],
+) -> None:
+    """``extra_body={"speculative": {"enabled": false}}``: the scheduler drops that request's drafts
+    (so the server's draft counter stays put) and the answer is still the target's greedy one."""
+    method, base_url = speculative_server
+    body = {"model": server.model, "prompt": CODE_PROMPTS[0], "temperature": 0, "max_tokens": MAX_TOKENS,
+            "logprobs": 2}
+    before = _counter(httpx.get(f"{base_url}/metrics", timeout=30).text, "leanserve_spec_decode_draft_tokens")
+    response = httpx.post(f"{base_url}/v1/completions", json={**body, "speculative": {"enabled": False}}, timeout=300)
+    response.raise_for_status()
+    after = _counter(httpx.get(f"{base_url}/metrics", timeout=30).text, "leanserve_spec_decode_draft_tokens")
+    assert after == before, f"{method}: {after - before} draft tokens verified for a request that opted out"
+    logprobs = response.json()["choices"][0]["logprobs"]
+    got = [(token, list(top.items())) for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True)]
+    assert _parting(got, reference_answers[6]) is None  # CODE_PROMPTS[0] is the 7th reference answer
+    bad = httpx.post(f"{base_url}/v1/completions", json={**body, "speculative": {"enabled": "no"}}, timeout=30)
+    assert bad.status_code == 400 and "speculative" in bad.json()["error"]["param"]
+
+
 def test_the_dashboard_panel_shows_accepted_drafts(server: Server, speculative_server: tuple[str, str], tmp_path):
     method, base_url = speculative_server
     title = "Speculative decoding: accepted drafts"
@@ -154,10 +174,15 @@ def test_the_dashboard_panel_shows_accepted_drafts(server: Server, speculative_s
         httpx.post(f"{base_url}/v1/completions", json=body, timeout=300).raise_for_status()
 
     length_title = "Speculative decoding: accepted length"
-    found = evaluate_panels(base_url, tmp_path, [title, length_title], one_code_completion)
+    histogram_title = "Speculative decoding: accepted-length histogram"
+    found = evaluate_panels(base_url, tmp_path, [title, length_title, histogram_title], one_code_completion)
     [(labels, mean_length)], [(_, acceptance)] = found[title]
     assert labels["method"] == method.split(":")[0]
     assert 1 < mean_length and 0 < acceptance <= 1, (mean_length, acceptance)
     [by_position] = found[length_title]
     shares = {int(labels["position"]): share for labels, share in by_position}
     assert 0 in shares and shares[0] > 0 and all(0 <= share <= 1.01 for share in shares.values()), shares
+    [histogram] = found[histogram_title]
+    by_length = {int(labels["accepted"]): share for labels, share in histogram}
+    # every step with drafts has exactly one accepted length (rates of series born mid-window are approximate)
+    assert abs(sum(by_length.values()) - 1) < 0.2 and any(length > 0 for length in by_length), by_length

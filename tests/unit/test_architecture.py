@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("service", "engine")
 MAX_LINES = 300
-TRAINING_RECIPES = {"engine/plugins/speculative/train_head.py", "engine/scenes_vlm/train.py"}  # offline, not served
+TRAINING_RECIPES = {"engine/plugins/speculative/train_head.py", "engine/plugins/speculative/train_drafter.py",
+                    "engine/scenes_vlm/train.py"}  # offline, not served
 
 
 def _modules() -> dict[str, Path]:

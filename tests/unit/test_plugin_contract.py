@@ -169,6 +169,10 @@ def test_speculation_observer_reports_counts_and_since_start_gauges():
     assert first[("leanserve_spec_decode_drafts", ("ngram",))] == 2
     assert first[("leanserve_spec_decode_accepted_tokens_by_position", ("ngram", "1"))] == 1
     assert ("leanserve_spec_decode_accepted_tokens_by_position", ("ngram", "2")) not in first
+    # two drafts, per-position counts 2, 1, 0, 0: one accepted 1 token, the other 2
+    histogram = {labels[1]: v for (name, labels), v in first.items()
+                 if name == "leanserve_spec_decode_drafts_by_accepted_length"}
+    assert histogram == {"1": 1, "2": 1}
     second = {(u.name, u.labels): u.value for u in observe(step)}
     assert second[("leanserve_spec_decode_acceptance_rate", ("ngram",))] == 6 / 16
     assert second[("leanserve_spec_decode_mean_accepted_length", ("ngram",))] == 1 + 6 / 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -79,14 +80,33 @@ def test_mtp_uses_the_head_shipped_for_the_default_model() -> None:
     head = shipped_head("smollm2-135m-instruct")
     assert head is not None and (head / "model.safetensors").exists()
     config = vllm_speculative_config(parse_speculative("mtp"), None, "SmolLM2-135M-Instruct")
-    assert config == {"method": "eagle", "model": str(head), "num_speculative_tokens": 2}
+    best = json.loads((head / "metrics.json").read_text())["serve_draft_tokens"]
+    assert config == {"method": "eagle3", "model": str(head), "num_speculative_tokens": best,
+                      "parallel_drafting": True}
     shipped = json.loads((head / "config.json").read_text())
-    assert shipped["num_hidden_layers"] == 1 and shipped["hidden_size"] == 576
+    assert shipped["num_hidden_layers"] == 1 and shipped["hidden_size"] == 576 and shipped["draft_vocab_size"] < 49152
     assert (head / "model.safetensors").stat().st_size < 20 * 1024 * 1024
 
 
 def test_mtp_without_a_head_explains_how_to_get_one(tmp_path) -> None:
-    with pytest.raises(ValueError, match="train_head"):
+    with pytest.raises(ValueError, match="train_drafter"):
         vllm_speculative_config(parse_speculative("mtp"), None, "Qwen2.5-Coder-1.5B-Instruct")
     with pytest.raises(ValueError, match="no config.json"):
         vllm_speculative_config(parse_speculative(f"mtp:{tmp_path}"), None, "any")
+
+
+def test_a_request_opts_out_through_extra_args_read_by_the_scheduler() -> None:
+    from engine.plugin import EngineContext
+    from engine.plugins.speculative.opt_out import OptOutScheduler, wants_speculation
+    from engine.plugins.speculative.plugin import PLUGIN, SpeculativeOptions, SpeculativeSettings
+
+    settings = SpeculativeSettings(speculative="ngram")
+    args = PLUGIN.sampling_args(settings, SpeculativeOptions(enabled=False))
+    assert args == {"enabled": False} and not wants_speculation({"speculative": args})
+    assert wants_speculation(None) and wants_speculation({"speculative": {"enabled": True}}) and wants_speculation({})
+    assert PLUGIN.sampling_args(settings, None) is None
+    with pytest.raises(ValueError):
+        SpeculativeOptions(enabled="no")
+    context = EngineContext("SmolLM2-135M-Instruct", "/models/x", Path("/tmp"), lambda name: name)
+    engine_args = PLUGIN.engine_args(settings, context)
+    assert engine_args["scheduler_cls"] == f"{OptOutScheduler.__module__}.{OptOutScheduler.__name__}"

@@ -7,11 +7,12 @@ Methods (all lossless: vLLM's rejection sampler verifies every draft against the
 * ``suffix``       leanserve's suffix decoding (suffix.py): like ngram, plus a cache of earlier
                    answers and an adaptive draft length; shines on repeated/agentic traffic.
 * ``draft:MODEL``  a small model with the same tokenizer drafts (catalogue name or directory).
-* ``mtp[:DIR]``    a learned multi-token head fed with the target's hidden states
-                   (eagle_head.py), served by vLLM's EAGLE drafter; without DIR, the head
-                   shipped for the served model in ``heads/<model name>/``.
+* ``mtp[:DIR]``    a learned drafter fed with the target's hidden states; without DIR, the one
+                   shipped for the served model in ``heads/<model name>/``. A parallel drafter
+                   (parallel_head.py) proposes all K drafts in ONE forward (vLLM's EAGLE-3
+                   ``parallel_drafting``); an older EAGLE-1 head (eagle_head.py) drafts serially.
 
-No per-request switch: vLLM speculates for the whole batch or not at all.
+Per request, ``extra_body={"speculative": {"enabled": false}}`` opts out (opt_out.py).
 
 ``--speculative-max-batch N`` (opt-in): steps that run more than N requests draft nothing (vLLM's
 ``num_speculative_tokens_per_batch_size`` schedule, looked up by the scheduler each step; the suffix
@@ -22,11 +23,13 @@ step without drafts still pays for vLLM's speculative path (benchmarks/RESULTS.m
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 HEADS_DIR = Path(__file__).parent / "heads"
 SUFFIX_PROPOSER = "engine.plugins.speculative.suffix.SuffixProposer"
+OPT_OUT_SCHEDULER = "engine.plugins.speculative.opt_out.OptOutScheduler"  # per-request opt-out (opt_out.py)
 
 # Draft lengths that did best on this project's CPU benchmarks (benchmarks/RESULTS.md).
 DEFAULT_NUM_TOKENS = {"ngram": 4, "suffix": 8, "draft": 4, "mtp": 2}
@@ -84,25 +87,49 @@ def vllm_speculative_config(spec: SpeculationSpec, num_tokens: int | None, serve
     names, which may download); ``max_batch`` the largest step that still drafts (None: every
     step may). Raises ValueError when ``mtp`` has no head for the model.
     """
-    k = num_tokens or DEFAULT_NUM_TOKENS[spec.method]
-    config = _method_config(spec, k, served_model, draft_path)
+    head = _head_dir(spec, served_model) if spec.method == "mtp" else None
+    k = num_tokens or (head_draft_tokens(head) if head else DEFAULT_NUM_TOKENS[spec.method])
+    config = _method_config(spec, k, head, draft_path)
     if max_batch is not None:
         config["num_speculative_tokens_per_batch_size"] = draft_schedule(k, max_batch)
     return config
 
 
-def _method_config(spec: SpeculationSpec, k: int, served_model: str, draft_path: str | None) -> dict:
+def _method_config(spec: SpeculationSpec, k: int, head: Path | None, draft_path: str | None) -> dict:
     if spec.method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     if spec.method == "suffix":
         return {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": k}
     if spec.method == "draft":
         return {"method": "draft_model", "model": draft_path or spec.model, "num_speculative_tokens": k}
+    if is_parallel_drafter(head):
+        return {"method": "eagle3", "model": str(head), "num_speculative_tokens": k, "parallel_drafting": True}
+    return {"method": "eagle", "model": str(head), "num_speculative_tokens": k}
+
+
+def _head_dir(spec: SpeculationSpec, served_model: str) -> Path:
+    """The learned drafter ``mtp`` uses; ValueError when none ships for the model."""
     head = Path(spec.model).expanduser() if spec.model else shipped_head(served_model)
     if head is None:
         raise ValueError(
-            f"no learned head ships for {served_model!r}; train one with "
-            "`python -m engine.plugins.speculative.train_head` and pass --speculative mtp:DIR")
+            f"no learned drafter ships for {served_model!r}; train one with "
+            "`python -m engine.plugins.speculative.train_drafter` and pass --speculative mtp:DIR")
     if not (head / "config.json").exists():
-        raise ValueError(f"{head} is not a head directory (no config.json)")
-    return {"method": "eagle", "model": str(head), "num_speculative_tokens": k}
+        raise ValueError(f"{head} is not a drafter directory (no config.json)")
+    return head
+
+
+def is_parallel_drafter(head: Path) -> bool:
+    """True for a drafter parallel_head.save_drafter wrote (vLLM: ``eagle3`` + ``parallel_drafting``)."""
+    config = json.loads((head / "config.json").read_text())
+    return "Eagle3LlamaForCausalLM" in config.get("architectures", []) and "mask_token_id" in config
+
+
+def head_draft_tokens(head: Path) -> int:
+    """The draft length a drafter's recipe measured best (``metrics.json``), else the method default."""
+    metrics = head / "metrics.json"
+    if metrics.exists():
+        best = json.loads(metrics.read_text()).get("serve_draft_tokens")
+        if isinstance(best, int) and best > 0:
+            return best
+    return DEFAULT_NUM_TOKENS["mtp"]

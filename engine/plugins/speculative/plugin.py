@@ -1,7 +1,8 @@
 """Speculative decoding as a leanserve plugin: ``--speculative`` -> vLLM's ``speculative_config``.
 
-Lossless: vLLM's rejection sampler verifies every draft against the target. vLLM
-speculates for the whole batch, so there is no per-request option.
+Lossless: vLLM's rejection sampler verifies every draft against the target. Per request,
+``extra_body={"speculative": {"enabled": false}}`` opts out (opt_out.py: vLLM's scheduler
+drops that request's drafts).
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from engine.plugin import EngineContext, Plugin, StepObserver
-from engine.plugins.speculative.config import SpeculationSpec, parse_speculative, vllm_speculative_config
+from engine.plugins.speculative.config import (
+    OPT_OUT_SCHEDULER,
+    SpeculationSpec,
+    parse_speculative,
+    vllm_speculative_config,
+)
 from engine.plugins.speculative.stats import METRICS, SpeculationObserver
 
 
@@ -32,9 +38,18 @@ class SpeculativeSettings(BaseModel):
         description="draft only in steps that run at most this many requests (0: never; default: no limit)")
 
 
+class SpeculativeOptions(BaseModel):
+    """Per request (``extra_body={"speculative": {"enabled": false}}``): no drafts for this request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, strict=True)
+
+
 class SpeculativePlugin(Plugin):
     name = "speculative"
     settings_model = SpeculativeSettings
+    request_options = SpeculativeOptions
     metrics = METRICS
 
     def enabled(self, settings: SpeculativeSettings) -> bool:
@@ -45,7 +60,10 @@ class SpeculativePlugin(Plugin):
         draft_path = context.resolve_model(spec.model) if spec.method == "draft" else None
         config = vllm_speculative_config(spec, settings.num_speculative_tokens, context.served_model_name, draft_path,
                                          settings.speculative_max_batch)
-        return {"speculative_config": config}
+        return {"speculative_config": config, "scheduler_cls": OPT_OUT_SCHEDULER}
+
+    def sampling_args(self, settings: SpeculativeSettings, options: BaseModel | None) -> dict[str, Any] | None:
+        return {"enabled": options.enabled} if isinstance(options, SpeculativeOptions) else None
 
     def step_observer(self, settings: SpeculativeSettings, context: EngineContext) -> StepObserver:
         return SpeculationObserver(settings.speculative.method)

@@ -17,6 +17,7 @@ ACCEPTED_TOKENS = "leanserve_spec_decode_accepted_tokens"
 ACCEPTED_BY_POSITION = "leanserve_spec_decode_accepted_tokens_by_position"
 ACCEPTANCE_RATE = "leanserve_spec_decode_acceptance_rate"
 MEAN_ACCEPTED_LENGTH = "leanserve_spec_decode_mean_accepted_length"
+BY_ACCEPTED_LENGTH = "leanserve_spec_decode_drafts_by_accepted_length"
 
 METRICS = (
     MetricSpec(DRAFTS, "counter", "Target steps of a request that verified draft tokens (speculative decoding).",
@@ -26,6 +27,9 @@ METRICS = (
                "Draft tokens the target accepted: each one is a target forward pass saved.", ("method",)),
     MetricSpec(ACCEPTED_BY_POSITION, "counter", "Accepted draft tokens by position in the draft (0 = first).",
                ("method", "position")),
+    MetricSpec(BY_ACCEPTED_LENGTH, "counter",
+               "Target steps with drafts, by how many drafts the target accepted (the accepted-length histogram).",
+               ("method", "accepted")),
     MetricSpec(ACCEPTANCE_RATE, "gauge", "Accepted / proposed draft tokens since start (use the counters for windows).",
                ("method",)),
     MetricSpec(MEAN_ACCEPTED_LENGTH, "gauge",
@@ -58,6 +62,19 @@ class SpeculationObserver:
             MetricUpdate(ACCEPTED_BY_POSITION, accepted, (*method, str(position)))
             for position, accepted in enumerate(stats.num_accepted_tokens_per_pos) if accepted
         ]
+        updates += [MetricUpdate(BY_ACCEPTED_LENGTH, count, (*method, str(length)))
+                    for length, count in enumerate(accepted_length_counts(stats.num_drafts,
+                                                                          stats.num_accepted_tokens_per_pos)) if count]
         updates.append(MetricUpdate(ACCEPTANCE_RATE, self._accepted / self._proposed if self._proposed else 0.0, method))
         updates.append(MetricUpdate(MEAN_ACCEPTED_LENGTH, 1.0 + self._accepted / self._drafts, method))
         return updates
+
+
+def accepted_length_counts(drafts: int, accepted_per_position: list[int]) -> list[int]:
+    """How many drafts had 0, 1, ..., K tokens accepted.
+
+    Acceptance stops at the first rejected draft, so ``accepted_per_position[j]`` counts the
+    drafts with at least j+1 accepted; the histogram is the difference of neighbours.
+    """
+    at_least = [drafts, *accepted_per_position, 0]
+    return [at_least[j] - at_least[j + 1] for j in range(len(at_least) - 1)]
