@@ -74,7 +74,7 @@ def profile(name: str, speculative: dict | None, prompts: list[str], max_tokens:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=target, dtype="float32", max_model_len=2048, enforce_eager=True, seed=0,
-              speculative_config=speculative)
+              kv_cache_memory_bytes=2 << 30, speculative_config=speculative)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)  # warm-up
     timer.reset()

@@ -183,6 +183,11 @@ def test_the_dashboard_panel_shows_accepted_drafts(server: Server, speculative_s
     shares = {int(labels["position"]): share for labels, share in by_position}
     assert 0 in shares and shares[0] > 0 and all(0 <= share <= 1.01 for share in shares.values()), shares
     [histogram] = found[histogram_title]
-    by_length = {int(labels["accepted"]): share for labels, share in histogram}
-    # every step with drafts has exactly one accepted length (rates of series born mid-window are approximate)
-    assert abs(sum(by_length.values()) - 1) < 0.2 and any(length > 0 for length in by_length), by_length
+    assert all(0 <= share <= 1.01 for _, share in histogram), histogram
+    assert any(int(labels["accepted"]) > 0 for labels, _ in histogram), histogram
+    # every step with drafts has exactly one accepted length: the histogram's counts add up to the drafts
+    # (read from the counters: a rate over a series born mid-window is only approximate)
+    metrics = httpx.get(f"{base_url}/metrics", timeout=30).text
+    counts = re.findall(r"^leanserve_spec_decode_drafts_by_accepted_length_total{[^}]*} ([0-9.e+]+)$", metrics,
+                        re.MULTILINE)
+    assert sum(map(float, counts)) == _counter(metrics, "leanserve_spec_decode_drafts") > 0, counts

@@ -44,6 +44,8 @@ VIDEO = "engine/plugins/video_pruning/ (EVS on the CPU runner, the Qwen2.5-VL po
 DECODE = "engine/video_decoding.py (video_url parts through vLLM's video loader)"
 ENTROPY = "next plugin: entropy-adaptive switching (shared/VLLM_INTERNALS.md)"
 NEXT_SPEC = "next plugin: EAGLE-3 / parallel drafting / per-batch K (shared/VLLM_INTERNALS.md)"
+PARALLEL = "engine/plugins/speculative/parallel_head.py (EAGLE-3 parallel-drafting checkpoints, train_drafter.py)"
+OPT_OUT = "engine/plugins/speculative/opt_out.py (per-request opt-out: the scheduler drops a request's drafts)"
 
 LLM, LOGITS = "vllm.v1.engine.async_llm:AsyncLLM", "vllm.v1.sample.logits_processor"
 CPU_ATTN, EAGLE_MODEL = "vllm.v1.attention.backends.cpu_attn", "vllm.model_executor.models.llama_eagle"
@@ -62,7 +64,7 @@ SIGNATURES = [
           ("vllm.tokenizers:TokenizerLike.apply_chat_template", "messages")),  # + tokenize, add_generation_prompt
     *each(ARGS, ("vllm.engine.arg_utils:AsyncEngineArgs", ("model served_model_name dtype enforce_eager "
                  "tensor_parallel_size seed max_model_len max_num_seqs gpu_memory_utilization kv_cache_memory_bytes "
-                 "speculative_config pipeline_parallel_size distributed_executor_backend"))),
+                 "speculative_config pipeline_parallel_size distributed_executor_backend scheduler_cls"))),
     *each(CONVERT, ("vllm.inputs.engine:tokens_input", "prompt_token_ids")),
     *each(OPENAI, ("vllm.tool_parsers.hermes_tool_parser:Hermes2ProToolParser.extract_tool_calls",
                    "model_output request"),
@@ -176,6 +178,22 @@ ATTRIBUTES = [
 
 # What only vLLM's source text shows (compared whitespace-insensitively). A bare module path reads its file.
 SOURCES = [
+    *each(PARALLEL, ("vllm.model_executor.models.llama_eagle3:LlamaModel", '{"midlayer.": "layers.0."}'),
+          ("vllm.model_executor.models.llama_eagle3:Eagle3LlamaForCausalLM.load_weights",
+           'name = name.replace("d2t", "draft_id_to_target_id")'),
+          ("vllm.model_executor.models.llama_eagle3:Eagle3LlamaForCausalLM.load_weights",
+           "self.mask_hidden.copy_(loaded_weight.view(1, -1))"),
+          ("vllm.model_executor.models.llama_eagle3:Eagle3LlamaForCausalLM.compute_logits",
+           "targets = base + self.draft_id_to_target_id"),  # d2t holds offsets, not ids
+          ("vllm.model_executor.models.llama_eagle3:LlamaDecoderLayer.forward",
+           "hidden_states = torch.cat([embeds, hidden_states], dim=-1)"),
+          ("vllm.v1.spec_decode.llm_base_proposer:SpecDecodeBaseProposer._init_parallel_drafting_params",
+           "self.parallel_drafting_token_id = model_hf_config.mask_token_id"),
+          ("vllm.v1.spec_decode.llm_base_proposer:SpecDecodeBaseProposer.load_model",
+           "self.model.combine_hidden_states(flat_mask)")),  # mask slots carry fc(mask_hidden)
+    *each(OPT_OUT, ("vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids",
+                    "request.spec_token_ids = self.structured_output_manager.validate_tokens("),
+          ("vllm.v1.core.sched.scheduler:Scheduler.schedule", "if request.spec_token_ids:")),
     *each(VISUAL, ("vllm.model_executor.models.clip:CLIPAttention.__init__", "self.scale = self.head_dim**-0.5"),
           ("vllm.model_executor.models.clip:CLIPAttention.__init__", "self.num_heads_per_partition = divide("),
           ("vllm.model_executor.models.clip:CLIPAttention.forward",

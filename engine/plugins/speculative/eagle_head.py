@@ -70,6 +70,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding. x: [B, heads, T, D]; positions: [T] (shared by the batch)."""
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return x * emb.cos().to(x.dtype) + _rotate_half(x) * emb.sin().to(x.dtype)
+
+
 class EagleHead(nn.Module):
     """The trainable part of the drafter; the embedding and lm_head stay the target's."""
 
@@ -91,10 +98,7 @@ class EagleHead(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: [B, heads, T, D]; positions: [T] (shared by the batch)."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return x * emb.cos().to(x.dtype) + _rotate_half(x) * emb.sin().to(x.dtype)
+        return rope(x, positions, self.inv_freq)
 
     def _project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batch, length, _ = x.shape

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.plugins.speculative.eagle_head import HeadShape, _rotate_half
+from engine.plugins.speculative.eagle_head import HeadShape, rope
 
 _WEIGHTS_FILE = "model.safetensors"
 
@@ -97,12 +97,6 @@ class ParallelDrafter(nn.Module):
         inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2).float() / s.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: [B, heads, N, D]; positions: [N]."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return x * emb.cos().to(x.dtype) + _rotate_half(x) * emb.sin().to(x.dtype)
-
     def _attend(self, layer: DrafterLayer, x: torch.Tensor, positions: torch.Tensor,
                 attend: torch.Tensor) -> torch.Tensor:
         """x: [B, N, width] -> the layer's attention output [B, N, H]."""
@@ -111,7 +105,7 @@ class ParallelDrafter(nn.Module):
         q = layer.q_proj(x).view(batch, slots, s.num_heads, s.head_dim).transpose(1, 2)
         k = layer.k_proj(x).view(batch, slots, s.num_kv_heads, s.head_dim).transpose(1, 2)
         v = layer.v_proj(x).view(batch, slots, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        q, k = self._rope(q, positions), self._rope(k, positions)
+        q, k = rope(q, positions, self.inv_freq), rope(k, positions, self.inv_freq)
         group = s.num_heads // s.num_kv_heads
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=1.0 / math.sqrt(s.head_dim))
