@@ -1,11 +1,14 @@
-"""Where one decode step's time goes, with and without speculative decoding (concurrency 1).
+"""Where one decode step's time goes, with and without speculative decoding.
 
     python -m benchmarks.spec_step_profile [--prompts 6] [--max-tokens 128] [--out benchmarks/results/spec_step_profile]
+    python -m benchmarks.spec_step_profile --batch 8 --prompts 16 --out benchmarks/results/spec_step_profile_batch8
 
 Runs vLLM in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and times the model runner's
 own stages around every step: input preparation, the target's forward, logits + sampling (the
 rejection sampler when verifying), the drafter's proposal, and bookkeeping. Each configuration
-answers the same HumanEval stubs greedily, one at a time. Per configuration it reports the
+answers the same HumanEval stubs greedily, ``--batch`` at a time (1: concurrency 1; 8: the batch at
+which speculation must not lose, with a "max-batch 2" row that turns drafting off above two requests,
+so that row shows what vLLM's speculative path costs when it drafts nothing). Per configuration it reports the
 mean wall time of a decode step by stage, tokens emitted per step, and decode tokens/s, so
 the speed-up factors into "tokens per step" over "step time" and the step time into parts.
 Writes ``results.json`` and ``breakdown.png``.
@@ -70,7 +73,7 @@ class StepTimer:
 
 
 def profile(name: str, speculative: dict | None, prompts: list[str], max_tokens: int, timer: StepTimer,
-            target: str) -> dict:
+            target: str, batch: int = 1) -> dict:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=target, dtype="float32", max_model_len=2048, enforce_eager=True, seed=0,
@@ -79,13 +82,13 @@ def profile(name: str, speculative: dict | None, prompts: list[str], max_tokens:
     llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)  # warm-up
     timer.reset()
     emitted, started = 0, time.perf_counter()
-    for prompt in prompts:  # one at a time: concurrency 1
-        out = llm.generate([prompt], params, use_tqdm=False)[0]
-        emitted += len(out.outputs[0].token_ids)
+    for start in range(0, len(prompts), batch):  # `batch` requests in flight together
+        outs = llm.generate(prompts[start:start + batch], params, use_tqdm=False)
+        emitted += sum(len(out.outputs[0].token_ids) for out in outs)
     wall = time.perf_counter() - started
     row = {"config": name, "speculative_config": speculative, "tokens": emitted, "wall_s": round(wall, 2),
            "tokens_per_s": emitted / wall, **timer.breakdown()}
-    row["tokens_per_step"] = emitted / row["steps"]
+    row["tokens_per_step"] = emitted / row["steps"]  # summed over the batch
     del llm
     return row
 
@@ -100,7 +103,7 @@ def mean_row(runs: list[dict]) -> dict:
     return row
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, batch: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +118,7 @@ def plot(rows: list[dict], path: Path) -> None:
         left = [a + b for a, b in zip(left, values, strict=True)]
     for i, r in enumerate(rows):
         ax.text(left[i] + 0.5, i, f"{r['tokens_per_step']:.2f} tok/step, {r['tokens_per_s']:.1f} tok/s", va="center")
-    ax.set_xlabel("ms per decode step (concurrency 1)")
+    ax.set_xlabel(f"ms per decode step ({batch} requests at a time)")
     ax.set_xlim(0, max(left) * 1.6)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("One decode step, by stage")
@@ -132,6 +135,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--head", type=Path, default=None, help="drafter directory (default: the shipped one)")
+    parser.add_argument("--batch", type=int, default=1, help="requests generated together")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over all configurations, order alternating")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/spec_step_profile"))
     args = parser.parse_args()
@@ -143,21 +147,25 @@ def main() -> None:
     configs = [("none", None)] + [
         (f"mtp k={k}", vllm_speculative_config(spec, k, "SmolLM2-135M-Instruct")) for k in (2, 3)] + [
         ("suffix k=8", vllm_speculative_config(parse_speculative("suffix"), None, "SmolLM2-135M-Instruct"))]
+    if args.batch > 1:  # what the speculative path costs when the batch-size schedule turns drafting off
+        configs[1:1] = [(f"{method} max-batch 2", vllm_speculative_config(parse_speculative(method), k, "SmolLM2-135M-Instruct",
+                                                                           max_batch=2))
+                        for method, k in (("ngram", 4), ("mtp" if not args.head else f"mtp:{args.head}", 2))]
     timer = StepTimer()
     timer.install()
     runs = []
     for round_index in range(args.rounds):  # alternate the order: this machine's speed drifts
         for name, config in configs if round_index % 2 == 0 else configs[::-1]:
-            runs.append({"round": round_index, **profile(name, config, prompts, args.max_tokens, timer, target)})
+            runs.append({"round": round_index, **profile(name, config, prompts, args.max_tokens, timer, target, args.batch)})
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in runs[-1].items()
                               if k != "speculative_config"}), flush=True)
     rows = [mean_row([r for r in runs if r["config"] == name]) for name, _ in configs]
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"command": "python -m benchmarks.spec_step_profile", "date": time.strftime("%Y-%m-%d"),
+    result = {"command": "python -m benchmarks.spec_step_profile", "batch": args.batch, "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows,
               "runs": runs}
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    plot(rows, args.out / "breakdown.png")
+    plot(rows, args.out / "breakdown.png", args.batch)
 
 
 if __name__ == "__main__":

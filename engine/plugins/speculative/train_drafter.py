@@ -24,7 +24,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -284,6 +284,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, default=1,
                         help="drafter layers: a second one lets mask slots ask about what the first read")
+    parser.add_argument("--intermediate-size", type=int, default=None,
+                        help="the drafter's MLP width (default: the target's); narrower keeps 2 layers under 20 MB")
+    parser.add_argument("--draft-tokens", type=int, default=None, help="K trained and replayed (default: the preset's)")
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="shrink the schedule so training ends within this many seconds")
     return parser.parse_args()
@@ -294,6 +297,8 @@ def main() -> None:
 
     args = _parse()
     preset = PRESETS[args.preset]
+    if args.draft_tokens:
+        preset = replace(preset, draft_tokens=args.draft_tokens)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -329,7 +334,10 @@ def main() -> None:
     coverage = float(counts[vocab].sum() / counts.sum())
     to_draft = torch.full((target_config["vocab_size"],), IGNORE, dtype=torch.long)
     to_draft[vocab] = torch.arange(vocab.numel())
-    shape = DrafterShape(HeadShape.from_target_config(target_config), layers, preset.draft_vocab,
+    head_shape = HeadShape.from_target_config(target_config)
+    if args.intermediate_size:
+        head_shape = replace(head_shape, intermediate_size=args.intermediate_size)
+    shape = DrafterShape(head_shape, layers, preset.draft_vocab,
                          mask_token(tokenizer, counts), args.layers)
     drafter = ParallelDrafter(shape)
     drafter.draft_to_target.copy_(vocab)
@@ -379,7 +387,7 @@ def main() -> None:
     metrics = {
         "serve_draft_tokens": serve_draft_tokens(held_out["code"]),
         "recipe": "python -m engine.plugins.speculative.train_drafter", "preset": args.preset,
-        "preset_values": asdict(preset), "drafter_layers": args.layers, "aux_layers": list(layers), "mask_token_id": shape.mask_token_id,
+        "preset_values": asdict(preset), "drafter_layers": args.layers, "intermediate_size": head_shape.intermediate_size, "aux_layers": list(layers), "mask_token_id": shape.mask_token_id,
         "draft_vocab_coverage": round(coverage, 4), "device": "cpu", "torch_threads": torch.get_num_threads(),
         "answer_tokens": {k: sum(e.ids.numel() - e.answer_start for e in v) for k, v in examples.items()},
         "optimizer_steps": total, "wall_seconds": round(time.time() - started, 1), "held_out": held_out,
