@@ -59,6 +59,16 @@ LOAD = (
     ServerConfig("mtp k=2 max-batch 2", ("--speculative", "mtp", "--num-speculative-tokens", "2",
                                          "--speculative-max-batch", "2")),
 )
+# Under load with the runner hooks (quiet_steps.py: steps without drafts skip the drafter and the rejection
+# sampler): the schedules beside no speculation, which runs first and last to show the machine's drift.
+QUIET = (
+    ServerConfig("none", ()),
+    ServerConfig("mtp k=2 max-batch 2", ("--speculative", "mtp", "--num-speculative-tokens", "2",
+                                         "--speculative-max-batch", "2")),
+    ServerConfig("ngram k=4 max-batch 2", ("--speculative", "ngram", "--speculative-max-batch", "2")),
+    ServerConfig("suffix k=8", ("--speculative", "suffix")),
+    ServerConfig("none, again", ()),
+)
 # The one-forward parallel drafter (the shipped mtp) beside suffix decoding; --compare-head DIR adds
 # another drafter (e.g. the earlier serial EAGLE-1 head) in the same run.
 DRAFTER = (
@@ -67,7 +77,7 @@ DRAFTER = (
     ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
     ServerConfig("mtp k=3", ("--speculative", "mtp", "--num-speculative-tokens", "3")),
 )
-SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD,
+SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD, "quiet": QUIET,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 

@@ -7,8 +7,8 @@ Runs vLLM in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and times the m
 own stages around every step: input preparation, the target's forward, logits + sampling (the
 rejection sampler when verifying), the drafter's proposal, and bookkeeping. Each configuration
 answers the same HumanEval stubs greedily, ``--batch`` at a time (1: concurrency 1; 8: the batch at
-which speculation must not lose, with a "max-batch 2" row that turns drafting off above two requests,
-so that row shows what vLLM's speculative path costs when it drafts nothing). Per configuration it reports the
+which speculation must not lose, with "drafts off" rows - ``--speculative-max-batch 0`` - that show what
+the speculative path costs in steps that draft nothing). Each configuration runs in a fresh process. Per configuration it reports the
 mean wall time of a decode step by stage, tokens emitted per step, and decode tokens/s, so
 the speed-up factors into "tokens per step" over "step time" and the step time into parts.
 Writes ``results.json`` and ``breakdown.png``.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the runner lives in this process: its methods can be timed
 
-STAGES = {  # GPUModelRunner method -> stage name (the CPU runner inherits them)
+STAGES = {  # model runner method -> stage name (GPUModelRunner's, which the CPU runner inherits)
     "_update_states": "bookkeeping", "_prepare_inputs": "prepare inputs", "_model_forward": "target forward",
     "_sample": "sample / verify", "propose_draft_token_ids": "drafter", "_bookkeeping_sync": "bookkeeping",
 }
@@ -41,11 +41,12 @@ class StepTimer:
         self.calls: dict[str, int] = defaultdict(int)
 
     def install(self) -> None:
-        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+        """Wrap the CPU runner's methods as they are now (the plugin's hooks included, if installed)."""
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
         for method in (*STAGES, *STEP_METHODS):
-            original = getattr(GPUModelRunner, method)
-            setattr(GPUModelRunner, method, self._timed(method, original))
+            original = getattr(CPUModelRunner, method)
+            setattr(CPUModelRunner, method, self._timed(method, original))
 
     def _timed(self, name: str, original):
         def wrapper(*args, **kwargs):
@@ -72,10 +73,19 @@ class StepTimer:
         return {"step_ms": total, **per_stage, "steps": steps}
 
 
-def profile(name: str, speculative: dict | None, prompts: list[str], max_tokens: int, timer: StepTimer,
-            target: str, batch: int = 1) -> dict:
+def profile(name: str, speculative: dict | None, prompts: list[str], max_tokens: int, target: str,
+            batch: int = 1, quiet_steps: bool = True) -> dict:
+    """One configuration, timed. Call it in a fresh process (``profile_in_child``): vLLM 0.32 cannot
+    build a second ``LLM`` in a process after an ngram one (``register_triton_kernel_overrides``).
+    ``quiet_steps``: the speculative plugin's runner hooks (quiet_steps.py), as the server installs them."""
     from vllm import LLM, SamplingParams
 
+    if quiet_steps and speculative:
+        from engine.plugins.speculative.quiet_steps import skip_speculative_work_in_steps_without_drafts
+
+        skip_speculative_work_in_steps_without_drafts()
+    timer = StepTimer()
+    timer.install()
     llm = LLM(model=target, dtype="float32", max_model_len=2048, enforce_eager=True, seed=0,
               kv_cache_memory_bytes=2 << 30, speculative_config=speculative)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
@@ -91,6 +101,15 @@ def profile(name: str, speculative: dict | None, prompts: list[str], max_tokens:
     row["tokens_per_step"] = emitted / row["steps"]  # summed over the batch
     del llm
     return row
+
+
+def profile_in_child(*args: object) -> dict:
+    """``profile`` in a spawned process of its own, so each configuration starts from a clean vLLM."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(profile, *args).result()
 
 
 def mean_row(runs: list[dict]) -> dict:
@@ -144,22 +163,26 @@ def main() -> None:
     target = resolve_model("SmolLM2-135M-Instruct", Settings().cache_dir).path
     spec = parse_speculative(f"mtp:{args.head}" if args.head else "mtp")
     prompts = [p["prompt"] for p in humaneval_problems()[-args.prompts:]]  # the last stubs: not in the recipe's eval
+    served = "SmolLM2-135M-Instruct"
+    suffix = parse_speculative("suffix")
     configs = [("none", None)] + [
-        (f"mtp k={k}", vllm_speculative_config(spec, k, "SmolLM2-135M-Instruct")) for k in (2, 3)] + [
-        ("suffix k=8", vllm_speculative_config(parse_speculative("suffix"), None, "SmolLM2-135M-Instruct"))]
-    if args.batch > 1:  # what the speculative path costs when the batch-size schedule turns drafting off
-        configs[1:1] = [(f"{method} max-batch 2", vllm_speculative_config(parse_speculative(method), k, "SmolLM2-135M-Instruct",
-                                                                           max_batch=2))
-                        for method, k in (("ngram", 4), ("mtp" if not args.head else f"mtp:{args.head}", 2))]
-    timer = StepTimer()
-    timer.install()
+        (f"mtp k={k}", vllm_speculative_config(spec, k, served)) for k in ((2, 3) if args.batch == 1 else (2,))] + [
+        ("suffix k=8", vllm_speculative_config(suffix, None, served))]
+    configs = [(name, config, True) for name, config in configs]
+    if args.batch > 1:  # what the speculative path costs in steps that draft nothing (max-batch 0), hooks or not
+        configs[1:1] = [(f"{name} drafts off{'' if quiet else ' (vLLM as is)'}",
+                         vllm_speculative_config(method, k, served, max_batch=0), quiet)
+                        for name, method, k in (("ngram", parse_speculative("ngram"), 4), ("mtp", spec, 2),
+                                                ("suffix", suffix, None)) for quiet in (False, True)
+                        if quiet or name != "suffix"]
     runs = []
     for round_index in range(args.rounds):  # alternate the order: this machine's speed drifts
-        for name, config in configs if round_index % 2 == 0 else configs[::-1]:
-            runs.append({"round": round_index, **profile(name, config, prompts, args.max_tokens, timer, target, args.batch)})
+        for name, config, quiet in configs if round_index % 2 == 0 else configs[::-1]:
+            runs.append({"round": round_index,
+                         **profile_in_child(name, config, prompts, args.max_tokens, target, args.batch, quiet)})
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in runs[-1].items()
                               if k != "speculative_config"}), flush=True)
-    rows = [mean_row([r for r in runs if r["config"] == name]) for name, _ in configs]
+    rows = [mean_row([r for r in runs if r["config"] == name]) for name, _, _ in configs]
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"command": "python -m benchmarks.spec_step_profile", "batch": args.batch, "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows,

@@ -46,6 +46,8 @@ ENTROPY = "next plugin: entropy-adaptive switching (shared/VLLM_INTERNALS.md)"
 NEXT_SPEC = "next plugin: EAGLE-3 / parallel drafting / per-batch K (shared/VLLM_INTERNALS.md)"
 PARALLEL = "engine/plugins/speculative/parallel_head.py (EAGLE-3 parallel-drafting checkpoints, train_drafter.py)"
 OPT_OUT = "engine/plugins/speculative/opt_out.py (per-request opt-out: the scheduler drops a request's drafts)"
+QUIET = "engine/plugins/speculative/quiet_steps.py (steps without drafts skip the drafter and the rejection sampler)"
+RUNNER = "vllm.v1.worker.cpu_model_runner:CPUModelRunner"
 
 LLM, LOGITS = "vllm.v1.engine.async_llm:AsyncLLM", "vllm.v1.sample.logits_processor"
 CPU_ATTN, EAGLE_MODEL = "vllm.v1.attention.backends.cpu_attn", "vllm.model_executor.models.llama_eagle"
@@ -58,6 +60,10 @@ def each(user: str, *entries: tuple) -> list[tuple]:
 
 # Callables leanserve calls or implements: each listed parameter exists, and no other one is required.
 SIGNATURES = [
+    *each(QUIET, (f"{RUNNER}.propose_draft_token_ids", ("scheduler_output sampled_token_ids sampling_metadata "
+                  "hidden_states sample_hidden_states aux_hidden_states spec_decode_metadata common_attn_metadata "
+                  "slot_mappings")),
+          (f"{RUNNER}._sample", "logits spec_decode_metadata")),
     *each(ENGINE, (f"{LLM}.from_engine_args", "engine_args stat_loggers"), (f"{LLM}.shutdown", ""),
           (f"{LLM}.generate", "prompt sampling_params request_id"), (f"{LLM}.abort", "request_id"),
           ("vllm.tokenizers:TokenizerLike.encode", "text add_special_tokens"),
@@ -110,6 +116,8 @@ SIGNATURES = [
 # Attributes leanserve uses: module members, class attributes, fields (dataclass, msgspec, TypedDict), or
 # constructor parameters (attributes set in __init__).
 ATTRIBUTES = [
+    *each(QUIET, ("vllm.v1.core.sched.output:SchedulerOutput", "num_spec_tokens_to_schedule"),
+          ("vllm.config:SpeculativeConfig", "method")),
     *each(ENGINE, (LLM, "errored dead_error check_health get_tokenizer"),
           ("vllm.v1.engine.exceptions", "EngineDeadError"),
           ("vllm.outputs:RequestOutput", "outputs finished"), ("vllm.outputs:CompletionOutput", "index")),
@@ -191,6 +199,16 @@ SOURCES = [
            "self.parallel_drafting_token_id = model_hf_config.mask_token_id"),
           ("vllm.v1.spec_decode.llm_base_proposer:SpecDecodeBaseProposer.load_model",
            "self.model.combine_hidden_states(flat_mask)")),  # mask slots carry fc(mask_hidden)
+    *each(QUIET, ("vllm.v1.spec_decode.metadata:SpecDecodeMetadata.__post_init__",
+                   "self.max_spec_len = max(self.num_draft_tokens)"),
+          (f"{RUNNER}.sample_tokens", "sampler_output = self._sample(logits, spec_decode_metadata)"),
+          (f"{RUNNER}._sample", "if spec_decode_metadata is None: return self.sampler("),
+          ("vllm.v1.core.sched.scheduler:Scheduler.schedule",  # the step's K is the drafts proposed after it
+           "num_spec_tokens_to_schedule = self.dynamic_sd_lookup["),
+          (f"{RUNNER}.propose_draft_token_ids",
+           "num_spec_tokens_to_schedule = scheduler_output.num_spec_tokens_to_schedule"),
+          (f"{RUNNER}.sample_tokens",
+           "self._draft_token_ids = self.propose_draft_token_ids( scheduler_output, sampled_token_ids,")),
     *each(OPT_OUT, ("vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids",
                     "request.spec_token_ids = self.structured_output_manager.validate_tokens("),
           ("vllm.v1.core.sched.scheduler:Scheduler.schedule", "if request.spec_token_ids:")),

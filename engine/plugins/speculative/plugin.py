@@ -62,6 +62,11 @@ class SpeculativePlugin(Plugin):
                                          settings.speculative_max_batch)
         return {"speculative_config": config, "scheduler_cls": OPT_OUT_SCHEDULER}
 
+    def register_in_vllm(self, settings: SpeculativeSettings) -> None:
+        from engine.plugins.speculative.quiet_steps import skip_speculative_work_in_steps_without_drafts
+
+        skip_speculative_work_in_steps_without_drafts()
+
     def sampling_args(self, settings: SpeculativeSettings, options: BaseModel | None) -> dict[str, Any] | None:
         return {"enabled": options.enabled} if isinstance(options, SpeculativeOptions) else None
 
