@@ -48,6 +48,7 @@ PARALLEL = "engine/plugins/speculative/parallel_head.py (EAGLE-3 parallel-drafti
 OPT_OUT = "engine/plugins/speculative/opt_out.py (per-request opt-out: the scheduler drops a request's drafts)"
 QUIET = "engine/plugins/speculative/quiet_steps.py (steps without drafts skip the drafter and the rejection sampler)"
 RUNNER = "vllm.v1.worker.cpu_model_runner:CPUModelRunner"
+NUMBA = "engine/plugins/speculative/numba_threads.py (the ngram proposer's numba search off OpenMP)"
 
 LLM, LOGITS = "vllm.v1.engine.async_llm:AsyncLLM", "vllm.v1.sample.logits_processor"
 CPU_ATTN, EAGLE_MODEL = "vllm.v1.attention.backends.cpu_attn", "vllm.model_executor.models.llama_eagle"
@@ -209,6 +210,9 @@ SOURCES = [
            "num_spec_tokens_to_schedule = scheduler_output.num_spec_tokens_to_schedule"),
           (f"{RUNNER}.sample_tokens",
            "self._draft_token_ids = self.propose_draft_token_ids( scheduler_output, sampled_token_ids,")),
+    *each(NUMBA, ("vllm.v1.spec_decode.ngram_proposer", "@njit(parallel=True) def batch_propose_numba("),
+          ("vllm.v1.spec_decode.ngram_proposer:NgramProposer.batch_propose",
+           "set_num_threads(original_num_numba_threads)")),
     *each(OPT_OUT, ("vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids",
                     "request.spec_token_ids = self.structured_output_manager.validate_tokens("),
           ("vllm.v1.core.sched.scheduler:Scheduler.schedule", "if request.spec_token_ids:")),

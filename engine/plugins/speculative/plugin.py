@@ -63,8 +63,10 @@ class SpeculativePlugin(Plugin):
         return {"speculative_config": config, "scheduler_cls": OPT_OUT_SCHEDULER}
 
     def register_in_vllm(self, settings: SpeculativeSettings) -> None:
+        from engine.plugins.speculative.numba_threads import keep_numba_off_openmp
         from engine.plugins.speculative.quiet_steps import skip_speculative_work_in_steps_without_drafts
 
+        keep_numba_off_openmp()
         skip_speculative_work_in_steps_without_drafts()
 
     def sampling_args(self, settings: SpeculativeSettings, options: BaseModel | None) -> dict[str, Any] | None:
