@@ -67,7 +67,29 @@ QUIET = (
                                          "--speculative-max-batch", "2")),
     ServerConfig("ngram k=4 max-batch 2", ("--speculative", "ngram", "--speculative-max-batch", "2")),
     ServerConfig("suffix k=8", ("--speculative", "suffix")),
+    ServerConfig("none", ()),
+)
+# After the ngram proposer stopped taking an OpenMP thread from the model (numba_threads.py): every method as
+# shipped, and mtp with its opt-in schedule, at concurrency 1, 8 and 16; no speculation first and last (drift).
+OPENMP = (
+    ServerConfig("none", ()),
+    ServerConfig("ngram k=4", ("--speculative", "ngram")),
+    ServerConfig("suffix k=8", ("--speculative", "suffix")),
+    ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
+    ServerConfig("mtp k=2 max-batch 2", ("--speculative", "mtp", "--num-speculative-tokens", "2",
+                                         "--speculative-max-batch", "2")),
     ServerConfig("none, again", ()),
+)
+# The per-request draft length from acceptance and batch size (draft_length.py; the default) against every
+# draft verified (--speculative-min-acceptance 0) and no speculation; run with --rounds 2 (the second reversed).
+ADAPTIVE = (
+    ServerConfig("ngram k=4", ("--speculative", "ngram")),
+    ServerConfig("ngram k=4 every draft", ("--speculative", "ngram", "--speculative-min-acceptance", "0")),
+    ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
+    ServerConfig("mtp k=2 every draft", ("--speculative", "mtp", "--num-speculative-tokens", "2",
+                                         "--speculative-min-acceptance", "0")),
+    ServerConfig("suffix k=8", ("--speculative", "suffix")),
+    ServerConfig("none", ()),
 )
 # The one-forward parallel drafter (the shipped mtp) beside suffix decoding; --compare-head DIR adds
 # another drafter (e.g. the earlier serial EAGLE-1 head) in the same run.
@@ -78,6 +100,7 @@ DRAFTER = (
     ServerConfig("mtp k=3", ("--speculative", "mtp", "--num-speculative-tokens", "3")),
 )
 SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD, "quiet": QUIET,
+          "openmp": OPENMP, "adaptive": ADAPTIVE,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 
@@ -144,8 +167,11 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    baselines = {(r["dataset"], r["concurrency"], "qwen" in r["config"]): r["decode_tokens_per_s"]
-                 for r in rows if r["config"].endswith("none")}
+    def mean_speed(config: str, dataset: str, concurrency: int) -> float | None:  # over rounds
+        speeds = [r["decode_tokens_per_s"] for r in rows
+                  if r["config"] == config and r["dataset"] == dataset and r["concurrency"] == concurrency]
+        return sum(speeds) / len(speeds) if speeds else None
+
     configs = [c for c in dict.fromkeys(r["config"] for r in rows) if not c.endswith("none")]
     panels = list(dict.fromkeys((r["dataset"], r["concurrency"]) for r in rows))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharey=True, squeeze=False)
@@ -153,10 +179,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, (dataset, concurrency) in zip(axes, panels, strict=True):
         speedups = []
         for config in configs:
-            row = next((r for r in rows if r["config"] == config and r["dataset"] == dataset
-                        and r["concurrency"] == concurrency), None)
-            base = baselines.get((dataset, concurrency, "qwen" in config))
-            speedups.append(row["decode_tokens_per_s"] / base if row and base else 0)
+            speed = mean_speed(config, dataset, concurrency)
+            base = mean_speed("qwen1.5b none" if "qwen" in config else "none", dataset, concurrency)
+            speedups.append(speed / base if speed and base else 0)
         ax.bar(range(len(configs)), speedups)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(configs)), configs, rotation=45, ha="right")
@@ -185,6 +210,8 @@ def main() -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=2.0)
     parser.add_argument("--levels", type=_levels, default=[(d, c) for d in DATASETS for c in (1, 8)],
                         help="dataset:concurrency list, default humaneval:1,humaneval:8,chat:1,chat:8")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the suite this many times, every other round in reverse order (drift cancels)")
     parser.add_argument("--compare-head", type=Path, default=None,
                         help="another drafter directory to run as 'mtp:DIR k=2' in the same suite")
     args = parser.parse_args()
@@ -196,9 +223,10 @@ def main() -> None:
     started = time.time()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="spec-bench-") as scratch:
-        for config in configs:
-            rows += run_config(config, args, Path(scratch))
-            (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
+        for round_index in range(args.rounds):
+            for config in configs if round_index % 2 == 0 else configs[::-1]:
+                rows += [dict(row, round=round_index) for row in run_config(config, args, Path(scratch))]
+                (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
     result = {
         "command": "python -m benchmarks.spec_decode " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - started),

@@ -105,7 +105,7 @@ def test_mtp_serves_a_parallel_drafter_with_vllms_parallel_drafting(tmp_path) ->
     save_drafter(_drafter(), TARGET, tmp_path)
     config = vllm_speculative_config(SpeculationSpec("mtp", str(tmp_path)), None, "SmolLM2-135M-Instruct")
     assert config == {"method": "eagle3", "model": str(tmp_path), "num_speculative_tokens": 2,
-                      "parallel_drafting": True}
+                      "parallel_drafting": True, "num_speculative_tokens_per_batch_size": [(1, 2, 2), (3, 3, 0)]}
     (tmp_path / "metrics.json").write_text(json.dumps({"serve_draft_tokens": 3}))  # the recipe's best K
     assert vllm_speculative_config(SpeculationSpec("mtp", str(tmp_path)), None, "x")["num_speculative_tokens"] == 3
     assert vllm_speculative_config(SpeculationSpec("mtp", str(tmp_path)), 5, "x")["num_speculative_tokens"] == 5

@@ -85,7 +85,8 @@ def test_hand_over_reaches_a_fresh_process(monkeypatch):
             "print(json.dumps({g.name: g.settings.model_dump(mode='json') for g in handed_over()}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(out.stdout) == {
-        "speculative": {"speculative": "suffix", "num_speculative_tokens": None, "speculative_max_batch": None},
+        "speculative": {"speculative": "suffix", "num_speculative_tokens": None, "speculative_max_batch": None,
+                        "speculative_min_acceptance": None},
         "tally": {"tally": True, "tally_weight": 2.0, "tally_marker_dir": None},
     }
     assert [g.name for g in handed_over()] == ["speculative", "tally"]

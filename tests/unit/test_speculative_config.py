@@ -56,6 +56,13 @@ def test_vllm_config_per_method() -> None:
     assert draft == {"method": "draft_model", "model": "/models/small", "num_speculative_tokens": 4}  # no limit
 
 
+def test_the_learned_drafter_drafts_only_in_small_batches_unless_told_otherwise() -> None:
+    mtp = vllm_speculative_config(parse_speculative("mtp"), 2, "SmolLM2-135M-Instruct")
+    assert mtp["num_speculative_tokens_per_batch_size"] == [(1, 2, 2), (3, 3, 0)]
+    mtp = vllm_speculative_config(parse_speculative("mtp"), 2, "SmolLM2-135M-Instruct", max_batch=4096)
+    assert mtp["num_speculative_tokens_per_batch_size"] == [(1, 4096, 2), (4097, 4097, 0)]
+
+
 @pytest.mark.parametrize("method", ["ngram", "suffix", "draft:small", "mtp"])
 @pytest.mark.parametrize("max_batch", [0, 1, 5])
 def test_drafts_stop_above_the_largest_batch_that_still_gains(method, max_batch) -> None:
@@ -82,7 +89,7 @@ def test_mtp_uses_the_head_shipped_for_the_default_model() -> None:
     config = vllm_speculative_config(parse_speculative("mtp"), None, "SmolLM2-135M-Instruct")
     best = json.loads((head / "metrics.json").read_text())["serve_draft_tokens"]
     assert config == {"method": "eagle3", "model": str(head), "num_speculative_tokens": best,
-                      "parallel_drafting": True}
+                      "parallel_drafting": True, "num_speculative_tokens_per_batch_size": [(1, 2, best), (3, 3, 0)]}
     shipped = json.loads((head / "config.json").read_text())
     assert shipped["num_hidden_layers"] == 1 and shipped["hidden_size"] == 576 and shipped["draft_vocab_size"] < 49152
     assert (head / "model.safetensors").stat().st_size < 20 * 1024 * 1024

@@ -45,7 +45,8 @@ DECODE = "engine/video_decoding.py (video_url parts through vLLM's video loader)
 ENTROPY = "next plugin: entropy-adaptive switching (shared/VLLM_INTERNALS.md)"
 NEXT_SPEC = "next plugin: EAGLE-3 / parallel drafting / per-batch K (shared/VLLM_INTERNALS.md)"
 PARALLEL = "engine/plugins/speculative/parallel_head.py (EAGLE-3 parallel-drafting checkpoints, train_drafter.py)"
-OPT_OUT = "engine/plugins/speculative/opt_out.py (per-request opt-out: the scheduler drops a request's drafts)"
+OPT_OUT = ("engine/plugins/speculative/opt_out.py (per-request opt-out and draft length: the scheduler drops or "
+           "shortens a request's drafts)")
 QUIET = "engine/plugins/speculative/quiet_steps.py (steps without drafts skip the drafter and the rejection sampler)"
 RUNNER = "vllm.v1.worker.cpu_model_runner:CPUModelRunner"
 NUMBA = "engine/plugins/speculative/numba_threads.py (the ngram proposer's numba search off OpenMP)"
@@ -65,6 +66,9 @@ SIGNATURES = [
                   "hidden_states sample_hidden_states aux_hidden_states spec_decode_metadata common_attn_metadata "
                   "slot_mappings")),
           (f"{RUNNER}._sample", "logits spec_decode_metadata")),
+    *each(OPT_OUT, ("vllm.v1.core.sched.scheduler:Scheduler.make_spec_decoding_stats",
+                    "spec_decoding_stats num_draft_tokens num_accepted_tokens num_invalid_spec_tokens request_id"),
+          ("vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids", "draft_token_ids")),
     *each(ENGINE, (f"{LLM}.from_engine_args", "engine_args stat_loggers"), (f"{LLM}.shutdown", ""),
           (f"{LLM}.generate", "prompt sampling_params request_id"), (f"{LLM}.abort", "request_id"),
           ("vllm.tokenizers:TokenizerLike.encode", "text add_special_tokens"),
@@ -213,7 +217,12 @@ SOURCES = [
     *each(NUMBA, ("vllm.v1.spec_decode.ngram_proposer", "@njit(parallel=True) def batch_propose_numba("),
           ("vllm.v1.spec_decode.ngram_proposer:NgramProposer.batch_propose",
            "set_num_threads(original_num_numba_threads)")),
-    *each(OPT_OUT, ("vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids",
+    *each(OPT_OUT, ("vllm.v1.core.sched.scheduler:Scheduler.update_from_output",  # every verification, stats or not
+                    "spec_decoding_stats = self.make_spec_decoding_stats( spec_decoding_stats, "
+                    "num_draft_tokens=num_draft_tokens, num_accepted_tokens=num_accepted,"),
+          ("vllm.v1.engine.core:EngineCore.post_step",
+           "self.scheduler.update_draft_token_ids(draft_token_ids)"),
+          ("vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids",
                     "request.spec_token_ids = self.structured_output_manager.validate_tokens("),
           ("vllm.v1.core.sched.scheduler:Scheduler.schedule", "if request.spec_token_ids:")),
     *each(VISUAL, ("vllm.model_executor.models.clip:CLIPAttention.__init__", "self.scale = self.head_dim**-0.5"),

@@ -14,11 +14,13 @@ Methods (all lossless: vLLM's rejection sampler verifies every draft against the
 
 Per request, ``extra_body={"speculative": {"enabled": false}}`` opts out (opt_out.py).
 
-``--speculative-max-batch N`` (opt-in): steps that run more than N requests draft nothing (vLLM's
+``--speculative-max-batch N`` (default 2 for ``mtp``, no limit for the others; ``DEFAULT_MAX_BATCH``):
+steps that run more than N requests draft nothing (vLLM's
 ``num_speculative_tokens_per_batch_size`` schedule, looked up by the scheduler each step; the suffix
-proposer, a ``custom_class`` vLLM does not pass it to, reads the same schedule itself). Not a default:
-on this CPU it helps the learned head at concurrency 8-16 but makes ngram and suffix slower, since a
-step without drafts still pays for vLLM's speculative path (benchmarks/RESULTS.md, "under load").
+proposer, a ``custom_class`` vLLM does not pass it to, reads the same schedule itself). By default the
+scheduler already sizes each request's drafts by its recent acceptance and the batch size
+(draft_length.py, ``--speculative-min-acceptance``), down to no drafter in a step where no request
+wants drafts (benchmarks/RESULTS.md, "under load").
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ from pathlib import Path
 
 HEADS_DIR = Path(__file__).parent / "heads"
 SUFFIX_PROPOSER = "engine.plugins.speculative.suffix.SuffixProposer"
-OPT_OUT_SCHEDULER = "engine.plugins.speculative.opt_out.OptOutScheduler"  # per-request opt-out (opt_out.py)
+OPT_OUT_SCHEDULER = "engine.plugins.speculative.opt_out.OptOutScheduler"  # per-request drafts (opt_out.py)
 
 # Draft lengths that did best on this project's CPU benchmarks (benchmarks/RESULTS.md).
 DEFAULT_NUM_TOKENS = {"ngram": 4, "suffix": 8, "draft": 4, "mtp": 2}
+# The largest step that still drafts, where --speculative-max-batch is not given (None: no limit). The
+# learned drafter costs a forward in every step that drafts (~3-4 ms of a ~38 ms step at 8 requests) and
+# its drafts are accepted ~30% of the time, so above 2 requests it does not pay on this CPU (RESULTS.md).
+DEFAULT_MAX_BATCH: dict[str, int | None] = {"ngram": None, "suffix": None, "draft": None, "mtp": 2}
+# --speculative-min-acceptance where not given (draft_length.py). ngram verifies every draft: after the
+# numba fix it gains at every load measured, and shorter drafts only gave some of that back (RESULTS.md,
+# spec_decode_ab); a drafter's rows are worth trimming. suffix decoding sizes its drafts itself.
+DEFAULT_MIN_ACCEPTANCE = {"ngram": 0.0, "suffix": 0.0, "draft": 0.05, "mtp": 0.05}
 METHODS = ("ngram", "suffix", "draft", "mtp")
 
 
@@ -84,12 +94,14 @@ def vllm_speculative_config(spec: SpeculationSpec, num_tokens: int | None, serve
     """The dict vLLM's ``AsyncEngineArgs(speculative_config=...)`` takes.
 
     ``draft_path`` is the resolved draft model directory (the caller resolves catalogue
-    names, which may download); ``max_batch`` the largest step that still drafts (None: every
-    step may). Raises ValueError when ``mtp`` has no head for the model.
+    names, which may download); ``max_batch`` the largest step that still drafts (None: the
+    method's default, ``DEFAULT_MAX_BATCH``). Raises ValueError when ``mtp`` has no head for the model.
     """
     head = _head_dir(spec, served_model) if spec.method == "mtp" else None
     k = num_tokens or (head_draft_tokens(head) if head else DEFAULT_NUM_TOKENS[spec.method])
     config = _method_config(spec, k, head, draft_path)
+    if max_batch is None:
+        max_batch = DEFAULT_MAX_BATCH[spec.method]
     if max_batch is not None:
         config["num_speculative_tokens_per_batch_size"] = draft_schedule(k, max_batch)
     return config

@@ -35,7 +35,13 @@ class SpeculativeSettings(BaseModel):
     num_speculative_tokens: int | None = Field(None, gt=0, le=16, description="draft length K (default per method)")
     speculative_max_batch: int | None = Field(
         None, ge=0, le=4096,
-        description="draft only in steps that run at most this many requests (0: never; default: no limit)")
+        description="draft only in steps that run at most this many requests (0: never; default: 2 for mtp, "
+                    "no limit for the others)")
+    speculative_min_acceptance: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="verify a request's next draft only while its recent acceptance gives it at least this chance, "
+                    "times the requests in the step, of being reached and accepted (0: every draft; default: 0.05 "
+                    "for mtp and draft, 0 for ngram; suffix sizes its own drafts)")
 
 
 class SpeculativeOptions(BaseModel):
