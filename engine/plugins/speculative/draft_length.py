@@ -19,9 +19,9 @@ its own recent verifications, which needs nothing from the drafter and works for
 - The threshold is ``min_accept`` times the number of requests the next step runs. A verification
   row's cost is about fixed, but what it must beat grows with the batch: alone, a request's step
   yields one token for the whole forward, while in a batch of B it yields about B tokens, so a row
-  that wins ``alpha ** L`` tokens is worth less in proportion (measured on this CPU: ngram with 4
-  drafts gains 1.75x alone and loses 8% at 16 requests, RESULTS.md). At ``B * min_accept >= 1``
-  nothing is drafted.
+  that wins ``alpha ** L`` tokens is worth less in proportion (measured on this CPU, RESULTS.md
+  "Side by side": the learned drafter gains 1.33x alone and loses 13-21% at 16 requests). At
+  ``B * min_accept >= 1`` nothing is drafted.
 - A request whose ``alpha`` falls below the threshold drafts nothing, except one draft every
   ``PROBE_EVERY`` steps: a probe that is accepted raises ``alpha`` again, so a request whose text
   turns predictable (a code block after prose) is back to full drafts within a few probes.
