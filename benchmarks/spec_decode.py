@@ -91,6 +91,12 @@ ADAPTIVE = (
     ServerConfig("suffix k=8", ("--speculative", "suffix")),
     ServerConfig("none", ()),
 )
+# Each method with its shipped defaults (mtp: max-batch 2 and the acceptance rule), for spec_decode_ab.
+SHIPPED = (
+    ServerConfig("none", ()),
+    ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
+    ServerConfig("ngram k=4", ("--speculative", "ngram")),
+)
 # The one-forward parallel drafter (the shipped mtp) beside suffix decoding; --compare-head DIR adds
 # another drafter (e.g. the earlier serial EAGLE-1 head) in the same run.
 DRAFTER = (
@@ -100,7 +106,7 @@ DRAFTER = (
     ServerConfig("mtp k=3", ("--speculative", "mtp", "--num-speculative-tokens", "3")),
 )
 SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD, "quiet": QUIET,
-          "openmp": OPENMP, "adaptive": ADAPTIVE,
+          "openmp": OPENMP, "adaptive": ADAPTIVE, "shipped": SHIPPED,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 
