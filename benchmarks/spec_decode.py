@@ -138,30 +138,41 @@ def _bench(base_url: str, dataset: str, concurrency: int, num: int, output_len: 
     }
 
 
-def run_config(config: ServerConfig, args: argparse.Namespace, scratch: Path) -> list[dict]:
+def start_leanserve(flags: tuple[str, ...], kv_cache_gib: float, scratch: Path) -> tuple[str, subprocess.Popen]:
+    """One benchmark server (eager, 2,048-token context) on a free port: its base URL and process."""
     port = free_port()
-    log_path = scratch / f"server-{port}.log"
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--enforce-eager",
-               "--max-model-len", "2048", "--kv-cache-gib", str(args.kv_cache_gib), *config.flags]
+               "--max-model-len", "2048", "--kv-cache-gib", str(kv_cache_gib), *flags]
     base_url = f"http://127.0.0.1:{port}"
-    process = start_server(command, log_path, f"{base_url}/ready")
+    return base_url, start_server(command, scratch / f"server-{port}.log", f"{base_url}/ready")
+
+
+def measure_level(base_url: str, config: str, dataset: str, concurrency: int, num: int, output_len: int,
+                  out: Path) -> dict:
+    """``leanserve bench`` at one level, with the accepted length read from the server's counters around it."""
+    before = _counters(base_url)
+    result = _bench(base_url, dataset, concurrency, num, output_len, out)
+    after = _counters(base_url)
+    drafts = after["drafts"] - before["drafts"]
+    accepted = after["accepted_tokens"] - before["accepted_tokens"]
+    proposed = after["draft_tokens"] - before["draft_tokens"]
+    result.update(config=config, dataset=dataset, concurrency=concurrency,
+                  mean_accepted_length=1 + accepted / drafts if drafts else None,
+                  acceptance_rate=accepted / proposed if proposed else None)
+    return result
+
+
+def run_config(config: ServerConfig, args: argparse.Namespace, scratch: Path) -> list[dict]:
+    base_url, process = start_leanserve(config.flags, args.kv_cache_gib, scratch)
     rows = []
     try:
         is_qwen = "qwen" in config.name
         for dataset, concurrency in args.levels:
             num = (4 if concurrency == 1 else 8) if is_qwen else (args.requests_c1 if concurrency == 1 else max(24, 2 * concurrency))
             output_len = 96 if is_qwen else args.output_len
-            before = _counters(base_url)
-            result = _bench(base_url, dataset, concurrency, num, output_len, scratch / f"{port}-{dataset}-{concurrency}")
-            after = _counters(base_url)
-            drafts = after["drafts"] - before["drafts"]
-            accepted = after["accepted_tokens"] - before["accepted_tokens"]
-            proposed = after["draft_tokens"] - before["draft_tokens"]
-            result.update(config=config.name, dataset=dataset, concurrency=concurrency,
-                          mean_accepted_length=1 + accepted / drafts if drafts else None,
-                          acceptance_rate=accepted / proposed if proposed else None)
-            rows.append(result)
-            print(json.dumps(result), flush=True)
+            out = scratch / f"{base_url.rsplit(':', 1)[1]}-{dataset}-{concurrency}"
+            rows.append(measure_level(base_url, config.name, dataset, concurrency, num, output_len, out))
+            print(json.dumps(rows[-1]), flush=True)
     finally:
         stop_server(process)
     return rows

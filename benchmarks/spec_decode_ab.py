@@ -22,31 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.local_server import free_port, start_server, stop_server
-from benchmarks.spec_decode import SUITES, ServerConfig, _bench, _counters, _levels, plot
+from benchmarks.local_server import stop_server
+from benchmarks.spec_decode import SUITES, ServerConfig, _levels, measure_level, plot, start_leanserve
 
 BASELINE = "none"
-
-
-def _start(config: ServerConfig, kv_cache_gib: float, scratch: Path):
-    port = free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--enforce-eager",
-               "--max-model-len", "2048", "--kv-cache-gib", str(kv_cache_gib), *config.flags]
-    base_url = f"http://127.0.0.1:{port}"
-    return base_url, start_server(command, scratch / f"server-{port}.log", f"{base_url}/ready")
-
-
-def _run(config: ServerConfig, base_url: str, dataset: str, concurrency: int, args: argparse.Namespace,
-         out: Path) -> dict:
-    num = args.requests_c1 if concurrency == 1 else max(24, 2 * concurrency)
-    before = _counters(base_url)
-    row = _bench(base_url, dataset, concurrency, num, args.output_len, out)
-    after = _counters(base_url)
-    drafts = after["drafts"] - before["drafts"]
-    row.update(config=config.name, dataset=dataset, concurrency=concurrency, draft_tokens=after["draft_tokens"]
-               - before["draft_tokens"], mean_accepted_length=1 + (after["accepted_tokens"] - before["accepted_tokens"])
-               / drafts if drafts else None)
-    return row
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -91,13 +70,13 @@ def main() -> None:
         servers = {}
         try:
             for config in configs:
-                servers[config.name] = _start(config, args.kv_cache_gib, Path(scratch))
+                servers[config.name] = start_leanserve(config.flags, args.kv_cache_gib, Path(scratch))
             for dataset, concurrency in args.levels:
                 for round_index in range(args.rounds):
                     for config in configs if round_index % 2 == 0 else configs[::-1]:
-                        base_url = servers[config.name][0]
-                        row = _run(config, base_url, dataset, concurrency, args,
-                                   Path(scratch) / f"{len(rows)}-{dataset}-{concurrency}")
+                        num = args.requests_c1 if concurrency == 1 else max(24, 2 * concurrency)
+                        row = measure_level(servers[config.name][0], config.name, dataset, concurrency, num,
+                                            args.output_len, Path(scratch) / f"{len(rows)}-{dataset}-{concurrency}")
                         rows.append(dict(row, round=round_index))
                         print(json.dumps(rows[-1]), flush=True)
                         (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
