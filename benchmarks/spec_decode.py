@@ -47,6 +47,9 @@ QWEN = (
     ServerConfig("qwen1.5b none", QWEN_TARGET),
     ServerConfig("qwen1.5b draft:0.5b", (*QWEN_TARGET, "--speculative", "draft:Qwen2.5-Coder-0.5B-Instruct")),
 )
+# Every shipped method on the 1.5B target, for spec_decode_ab (bf16 on disk and in memory: four servers fit).
+QWEN_SUFFIX = (QWEN[0], ServerConfig("qwen1.5b suffix k=8", (*QWEN_TARGET, "--speculative", "suffix")))
+QWEN_ALL = (*QWEN, QWEN_SUFFIX[1], ServerConfig("qwen1.5b ngram k=4", (*QWEN_TARGET, "--speculative", "ngram")))
 # Under load: each method as shipped (drafting at every batch size) beside the same method with
 # --speculative-max-batch (no drafts in steps above N requests), against no speculation, in one run.
 LOAD = (
@@ -91,11 +94,13 @@ ADAPTIVE = (
     ServerConfig("suffix k=8", ("--speculative", "suffix")),
     ServerConfig("none", ()),
 )
-# Each method with its shipped defaults (mtp: max-batch 2 and the acceptance rule), for spec_decode_ab.
+# Each method with its shipped defaults (mtp: max-batch 2 and the acceptance rule), for spec_decode_ab, whose
+# fresh prompts per level and round keep suffix decoding's answer cache from holding the answers it is measured on.
 SHIPPED = (
     ServerConfig("none", ()),
     ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
     ServerConfig("ngram k=4", ("--speculative", "ngram")),
+    ServerConfig("suffix k=8", ("--speculative", "suffix")),
 )
 # The one-forward parallel drafter (the shipped mtp) beside suffix decoding; --compare-head DIR adds
 # another drafter (e.g. the earlier serial EAGLE-1 head) in the same run.
@@ -107,6 +112,7 @@ DRAFTER = (
 )
 SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD, "quiet": QUIET,
           "openmp": OPENMP, "adaptive": ADAPTIVE, "shipped": SHIPPED,
+          "qwen_suffix": QWEN_SUFFIX, "qwen_all": QWEN_ALL,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 
@@ -120,12 +126,12 @@ def _counters(base_url: str) -> dict[str, float]:
     return values
 
 
-def _bench(base_url: str, dataset: str, concurrency: int, num: int, output_len: int, out: Path) -> dict:
+def _bench(base_url: str, dataset: str, concurrency: int, num: int, output_len: int, out: Path, seed: int = 0) -> dict:
     command = [
         sys.executable, "-m", "service.cli", "bench", "--base-url", base_url, "--name", "target",
         "--dataset", dataset, "--num-requests", str(num), "--concurrency", str(concurrency),
         "--output-len", str(output_len), "--no-ignore-eos", "--warmup", "1", "--idle-gap-s", "2",
-        "--no-plots", "--no-progress", "--out", str(out),
+        "--no-plots", "--no-progress", "--seed", str(seed), "--out", str(out),
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     run = json.loads((out / "report.json").read_text())["levels"][0]["runs"]["target"]
@@ -148,10 +154,12 @@ def start_leanserve(flags: tuple[str, ...], kv_cache_gib: float, scratch: Path) 
 
 
 def measure_level(base_url: str, config: str, dataset: str, concurrency: int, num: int, output_len: int,
-                  out: Path) -> dict:
-    """``leanserve bench`` at one level, with the accepted length read from the server's counters around it."""
+                  out: Path, seed: int = 0) -> dict:
+    """``leanserve bench`` at one level, with the accepted length read from the server's counters around it.
+
+    ``seed`` picks the prompts (a seeded order of the dataset): the same seed gives every server the same set."""
     before = _counters(base_url)
-    result = _bench(base_url, dataset, concurrency, num, output_len, out)
+    result = _bench(base_url, dataset, concurrency, num, output_len, out, seed)
     after = _counters(base_url)
     drafts = after["drafts"] - before["drafts"]
     accepted = after["accepted_tokens"] - before["accepted_tokens"]

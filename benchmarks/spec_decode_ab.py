@@ -8,7 +8,9 @@ decode tok/s at concurrency 1, RESULTS.md), far above the 2% the issue asks to r
 configuration's server is started first (small KV caches, so all fit in memory; an idle vLLM server
 costs no CPU), then each level runs every configuration in turn, in alternating order, for several
 rounds. Each configuration's speed-up is the mean over rounds of its decode tok/s divided by that of
-no speculation in the same round, so slow spells hit both sides of each ratio.
+no speculation in the same round, so slow spells hit both sides of each ratio. Every (level, round) draws
+its own prompts (a seed of its own; the same for every server), so suffix decoding's cache of earlier
+answers never holds the answers it is measured on.
 Writes ``results.json`` (every run and the summary) and ``speedup.png``.
 """
 
@@ -28,14 +30,19 @@ from benchmarks.spec_decode import SUITES, ServerConfig, _levels, measure_level,
 BASELINE = "none"
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def baseline_of(configs: list[ServerConfig]) -> str:
+    """The suite's no-speculation configuration (``none``, or e.g. ``qwen1.5b none`` for another target)."""
+    return next((c.name for c in configs if c.name.endswith(BASELINE)), BASELINE)
+
+
+def summarize(rows: list[dict], baseline: str = BASELINE) -> list[dict]:
     """Per configuration and level: mean decode tok/s, and the mean over rounds of the ratio to no speculation."""
     summary = []
     keys = dict.fromkeys((r["config"], r["dataset"], r["concurrency"]) for r in rows)
     for config, dataset, concurrency in keys:
         mine = {r["round"]: r for r in rows if (r["config"], r["dataset"], r["concurrency"]) == (config, dataset,
                                                                                                 concurrency)}
-        base = {r["round"]: r for r in rows if (r["config"], r["dataset"], r["concurrency"]) == (BASELINE, dataset,
+        base = {r["round"]: r for r in rows if (r["config"], r["dataset"], r["concurrency"]) == (baseline, dataset,
                                                                                                  concurrency)}
         ratios = [mine[i]["decode_tokens_per_s"] / base[i]["decode_tokens_per_s"] for i in mine if i in base]
         out_ratios = [mine[i]["output_throughput"] / base[i]["output_throughput"] for i in mine if i in base]
@@ -61,8 +68,9 @@ def main() -> None:
     parser.add_argument("--levels", type=_levels, default=_levels("humaneval:1,humaneval:8,humaneval:16,chat:8"))
     args = parser.parse_args()
     configs = list(dict.fromkeys(SUITES[args.suite]))
-    if not any(c.name == BASELINE for c in configs):
-        configs.insert(0, ServerConfig(BASELINE, ()))
+    baseline = baseline_of(configs)
+    if not any(c.name == baseline for c in configs):
+        configs.insert(0, ServerConfig(baseline, ()))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rows: list[dict] = []
@@ -71,13 +79,14 @@ def main() -> None:
         try:
             for config in configs:
                 servers[config.name] = start_leanserve(config.flags, args.kv_cache_gib, Path(scratch))
-            for dataset, concurrency in args.levels:
+            for level_index, (dataset, concurrency) in enumerate(args.levels):
                 for round_index in range(args.rounds):
+                    seed = 1000 * level_index + round_index
                     for config in configs if round_index % 2 == 0 else configs[::-1]:
                         num = args.requests_c1 if concurrency == 1 else max(24, 2 * concurrency)
                         row = measure_level(servers[config.name][0], config.name, dataset, concurrency, num,
-                                            args.output_len, Path(scratch) / f"{len(rows)}-{dataset}-{concurrency}")
-                        rows.append(dict(row, round=round_index))
+                                            args.output_len, Path(scratch) / f"{len(rows)}-{dataset}-{concurrency}", seed)
+                        rows.append(dict(row, round=round_index, seed=seed))
                         print(json.dumps(rows[-1]), flush=True)
                         (args.out / "results.json").write_text(json.dumps({"rows": rows}, indent=1))
         finally:
@@ -87,7 +96,7 @@ def main() -> None:
         "command": "python -m benchmarks.spec_decode_ab " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - started),
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-        "summary": summarize(rows), "rows": rows,
+        "summary": summarize(rows, baseline), "rows": rows,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     plot(rows, args.out / "speedup.png")

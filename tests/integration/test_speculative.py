@@ -121,6 +121,12 @@ def speculative_server(request, reference_answers) -> tuple[str, str]:
         stop_server(process)
 
 
+def _undrafted_steps(metrics_text: str) -> float:
+    match = re.search(r'^leanserve_spec_decode_request_steps_total{[^}]*drafted="false"[^}]*} ([0-9.e+]+)$',
+                      metrics_text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 def _counter(metrics_text: str, name: str) -> float:
     match = re.search(rf"^{name}_total{{[^}}]*}} ([0-9.e+]+)$", metrics_text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -152,11 +158,16 @@ def test_a_request_can_opt_out_and_gets_the_same_answer_without_drafts(
     method, base_url = speculative_server
     body = {"model": server.model, "prompt": CODE_PROMPTS[0], "temperature": 0, "max_tokens": MAX_TOKENS,
             "logprobs": 2}
-    before = _counter(httpx.get(f"{base_url}/metrics", timeout=30).text, "leanserve_spec_decode_draft_tokens")
+    metrics = httpx.get(f"{base_url}/metrics", timeout=30).text
+    before, undrafted_before = _counter(metrics, "leanserve_spec_decode_draft_tokens"), _undrafted_steps(metrics)
     response = httpx.post(f"{base_url}/v1/completions", json={**body, "speculative": {"enabled": False}}, timeout=300)
     response.raise_for_status()
-    after = _counter(httpx.get(f"{base_url}/metrics", timeout=30).text, "leanserve_spec_decode_draft_tokens")
+    metrics = httpx.get(f"{base_url}/metrics", timeout=30).text
+    after = _counter(metrics, "leanserve_spec_decode_draft_tokens")
     assert after == before, f"{method}: {after - before} draft tokens verified for a request that opted out"
+    # every step of it ran without drafts (one step per token; the last one's report may still be on its way)
+    steps = _undrafted_steps(metrics) - undrafted_before
+    assert steps >= response.json()["usage"]["completion_tokens"] - 2, (method, steps)
     logprobs = response.json()["choices"][0]["logprobs"]
     got = [(token, list(top.items())) for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True)]
     assert _parting(got, reference_answers[6]) is None  # CODE_PROMPTS[0] is the 7th reference answer
@@ -175,13 +186,17 @@ def test_the_dashboard_panel_shows_accepted_drafts(server: Server, speculative_s
 
     length_title = "Speculative decoding: accepted length"
     histogram_title = "Speculative decoding: accepted-length histogram"
-    found = evaluate_panels(base_url, tmp_path, [title, length_title, histogram_title], one_code_completion)
+    drafted_title = "Speculative decoding: share of request steps that verified drafts"
+    found = evaluate_panels(base_url, tmp_path, [title, length_title, histogram_title, drafted_title],
+                            one_code_completion)
     [(labels, mean_length)], [(_, acceptance)] = found[title]
     assert labels["method"] == method.split(":")[0]
     assert 1 < mean_length and 0 < acceptance <= 1, (mean_length, acceptance)
     [by_position] = found[length_title]
     shares = {int(labels["position"]): share for labels, share in by_position}
     assert 0 in shares and shares[0] > 0 and all(0 <= share <= 1.01 for share in shares.values()), shares
+    [[(labels, drafted_share)]] = found[drafted_title]
+    assert labels["method"] == method.split(":")[0] and 0 < drafted_share <= 1, (labels, drafted_share)
     [histogram] = found[histogram_title]
     assert all(0 <= share <= 1.01 for _, share in histogram), histogram
     assert any(int(labels["accepted"]) > 0 for labels, _ in histogram), histogram

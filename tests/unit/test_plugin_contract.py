@@ -164,10 +164,13 @@ def test_the_plan_lists_what_each_plugin_brings():
 
 def test_speculation_observer_reports_counts_and_since_start_gauges():
     observe = SpeculationObserver("ngram")
-    step = SimpleNamespace(spec_decoding_stats=SimpleNamespace(
+    step = SimpleNamespace(num_running_reqs=3, spec_decoding_stats=SimpleNamespace(
         num_drafts=2, num_draft_tokens=8, num_accepted_tokens=3, num_accepted_tokens_per_pos=[2, 1, 0, 0]))
     first = {(u.name, u.labels): u.value for u in observe(step)}
     assert first[("leanserve_spec_decode_drafts", ("ngram",))] == 2
+    # three requests ran, two had drafts verified
+    assert first[("leanserve_spec_decode_request_steps", ("ngram", "true"))] == 2
+    assert first[("leanserve_spec_decode_request_steps", ("ngram", "false"))] == 1
     assert first[("leanserve_spec_decode_accepted_tokens_by_position", ("ngram", "1"))] == 1
     assert ("leanserve_spec_decode_accepted_tokens_by_position", ("ngram", "2")) not in first
     # two drafts, per-position counts 2, 1, 0, 0: one accepted 1 token, the other 2
@@ -177,4 +180,7 @@ def test_speculation_observer_reports_counts_and_since_start_gauges():
     second = {(u.name, u.labels): u.value for u in observe(step)}
     assert second[("leanserve_spec_decode_acceptance_rate", ("ngram",))] == 6 / 16
     assert second[("leanserve_spec_decode_mean_accepted_length", ("ngram",))] == 1 + 6 / 4
-    assert observe(SimpleNamespace(spec_decoding_stats=None)) == []
+    # a step that verified no drafts: its requests all count as undrafted; an idle report counts nothing
+    quiet = observe(SimpleNamespace(num_running_reqs=4, spec_decoding_stats=None))
+    assert [(u.name, u.labels, u.value) for u in quiet] == [("leanserve_spec_decode_request_steps", ("ngram", "false"), 4)]
+    assert observe(SimpleNamespace(num_running_reqs=0, spec_decoding_stats=None)) == []

@@ -53,12 +53,16 @@ def test_vllm_config_per_method() -> None:
     assert suffix == {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": 6,
                       "num_speculative_tokens_per_batch_size": [(1, 3, 6), (4, 4, 0)]}
     draft = vllm_speculative_config(parse_speculative("draft:small"), None, "big", draft_path="/models/small")
-    assert draft == {"method": "draft_model", "model": "/models/small", "num_speculative_tokens": 4}  # no limit
+    assert ngram.get("num_speculative_tokens_per_batch_size") is None  # no limit
+    assert draft == {"method": "draft_model", "model": "/models/small", "num_speculative_tokens": 4,
+                     "num_speculative_tokens_per_batch_size": [(1, 2, 4), (3, 3, 0)]}
 
 
 def test_the_learned_drafter_drafts_only_in_small_batches_unless_told_otherwise() -> None:
     mtp = vllm_speculative_config(parse_speculative("mtp"), 2, "SmolLM2-135M-Instruct")
     assert mtp["num_speculative_tokens_per_batch_size"] == [(1, 2, 2), (3, 3, 0)]
+    draft = vllm_speculative_config(parse_speculative("draft:small"), 4, "big", draft_path="/models/small", max_batch=8)
+    assert draft["num_speculative_tokens_per_batch_size"] == [(1, 8, 4), (9, 9, 0)]
     mtp = vllm_speculative_config(parse_speculative("mtp"), 2, "SmolLM2-135M-Instruct", max_batch=4096)
     assert mtp["num_speculative_tokens_per_batch_size"] == [(1, 4096, 2), (4097, 4097, 0)]
 

@@ -14,7 +14,7 @@ Methods (all lossless: vLLM's rejection sampler verifies every draft against the
 
 Per request, ``extra_body={"speculative": {"enabled": false}}`` opts out (opt_out.py).
 
-``--speculative-max-batch N`` (default 2 for ``mtp``, no limit for the others; ``DEFAULT_MAX_BATCH``):
+``--speculative-max-batch N`` (default 2 for ``mtp`` and ``draft``, no limit for the others; ``DEFAULT_MAX_BATCH``):
 steps that run more than N requests draft nothing (vLLM's
 ``num_speculative_tokens_per_batch_size`` schedule, looked up by the scheduler each step; the suffix
 proposer, a ``custom_class`` vLLM does not pass it to, reads the same schedule itself). By default the
@@ -37,8 +37,10 @@ OPT_OUT_SCHEDULER = "engine.plugins.speculative.opt_out.OptOutScheduler"  # per-
 DEFAULT_NUM_TOKENS = {"ngram": 4, "suffix": 8, "draft": 4, "mtp": 2}
 # The largest step that still drafts, where --speculative-max-batch is not given (None: no limit). The
 # learned drafter costs a forward in every step that drafts (~3-4 ms of a ~38 ms step at 8 requests) and
-# its drafts are accepted ~30% of the time, so above 2 requests it does not pay on this CPU (RESULTS.md).
-DEFAULT_MAX_BATCH: dict[str, int | None] = {"ngram": None, "suffix": None, "draft": None, "mtp": 2}
+# its drafts are accepted ~30% of the time, so above 2 requests it does not pay on this CPU (RESULTS.md). A draft
+# model runs K forwards of its own per step: the 0.5B drafting for the 1.5B is accepted ~80% of the time and gives
+# 1.92x alone, yet 0.78x at 8 requests, where the batched 1.5B step is no longer bound by reading its weights.
+DEFAULT_MAX_BATCH: dict[str, int | None] = {"ngram": None, "suffix": None, "draft": 2, "mtp": 2}
 # --speculative-min-acceptance where not given (draft_length.py). ngram verifies every draft: after the
 # numba fix it gains at every load measured, and shorter drafts only gave some of that back (RESULTS.md,
 # spec_decode_ab); a drafter's rows are worth trimming. suffix decoding sizes its drafts itself.

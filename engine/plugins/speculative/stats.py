@@ -3,6 +3,9 @@
 vLLM sums spec-decode counts per scheduler step in ``SchedulerStats.spec_decoding_stats``
 (num_drafts, num_draft_tokens, num_accepted_tokens, num_accepted_tokens_per_pos); reading
 them there is the documented way, without scraping vLLM's own ``vllm:spec_decode_*`` series.
+The same stats carry the number of running requests, which gives how many of the requests a step ran
+had no drafts verified: speculation turning itself off under load (``--speculative-max-batch``, the
+acceptance rule of draft_length.py), a drafter with nothing to propose, or a request's opt-out.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ ACCEPTED_BY_POSITION = "leanserve_spec_decode_accepted_tokens_by_position"
 ACCEPTANCE_RATE = "leanserve_spec_decode_acceptance_rate"
 MEAN_ACCEPTED_LENGTH = "leanserve_spec_decode_mean_accepted_length"
 BY_ACCEPTED_LENGTH = "leanserve_spec_decode_drafts_by_accepted_length"
+REQUEST_STEPS = "leanserve_spec_decode_request_steps"
 
 METRICS = (
     MetricSpec(DRAFTS, "counter", "Target steps of a request that verified draft tokens (speculative decoding).",
@@ -30,6 +34,10 @@ METRICS = (
     MetricSpec(BY_ACCEPTED_LENGTH, "counter",
                "Target steps with drafts, by how many drafts the target accepted (the accepted-length histogram).",
                ("method", "accepted")),
+    MetricSpec(REQUEST_STEPS, "counter",
+               "Requests run by engine steps, by whether drafts of theirs were verified (drafted=true) or not "
+               "(drafted=false: no drafts wanted at that batch size or acceptance, none proposed, opted out, prefill).",
+               ("method", "drafted")),
     MetricSpec(ACCEPTANCE_RATE, "gauge", "Accepted / proposed draft tokens since start (use the counters for windows).",
                ("method",)),
     MetricSpec(MEAN_ACCEPTED_LENGTH, "gauge",
@@ -47,13 +55,14 @@ class SpeculationObserver:
 
     def __call__(self, scheduler_stats: Any) -> list[MetricUpdate]:
         stats = getattr(scheduler_stats, "spec_decoding_stats", None)
+        updates = self._request_steps(scheduler_stats.num_running_reqs, stats.num_drafts if stats is not None else 0)
         if stats is None or stats.num_drafts == 0:
-            return []
+            return updates
         self._drafts += stats.num_drafts
         self._proposed += stats.num_draft_tokens
         self._accepted += stats.num_accepted_tokens
         method = self._method
-        updates = [
+        updates += [
             MetricUpdate(DRAFTS, stats.num_drafts, method),
             MetricUpdate(DRAFT_TOKENS, stats.num_draft_tokens, method),
             MetricUpdate(ACCEPTED_TOKENS, stats.num_accepted_tokens, method),
@@ -67,6 +76,18 @@ class SpeculationObserver:
                                                                           stats.num_accepted_tokens_per_pos)) if count]
         updates.append(MetricUpdate(ACCEPTANCE_RATE, self._accepted / self._proposed if self._proposed else 0.0, method))
         updates.append(MetricUpdate(MEAN_ACCEPTED_LENGTH, 1.0 + self._accepted / self._drafts, method))
+        return updates
+
+    def _request_steps(self, running: int, drafted: int) -> list[MetricUpdate]:
+        """The step's requests with and without verified drafts.
+
+        ``running`` is counted when the step's output has been processed: requests that finished in it
+        are no longer there, so the drafted count can exceed it by those (clipped at 0 without drafts);
+        over an answer of a hundred tokens that is under 1% of its steps.
+        """
+        updates = [MetricUpdate(REQUEST_STEPS, drafted, (*self._method, "true"))] if drafted else []
+        if running > drafted:
+            updates.append(MetricUpdate(REQUEST_STEPS, running - drafted, (*self._method, "false")))
         return updates
 
 
