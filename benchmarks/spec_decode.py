@@ -94,8 +94,8 @@ ADAPTIVE = (
     ServerConfig("suffix k=8", ("--speculative", "suffix")),
     ServerConfig("none", ()),
 )
-# Each method with its shipped defaults (mtp: max-batch 2 and the acceptance rule), for spec_decode_ab, whose
-# fresh prompts per level and round keep suffix decoding's answer cache from holding the answers it is measured on.
+# Each method with its shipped defaults (mtp: max-batch 2 and the acceptance rule), for spec_decode_ab (fresh prompts
+# per level and round; suffix decoding is still flattered where the small datasets repeat, spec_decode_ab's docstring).
 SHIPPED = (
     ServerConfig("none", ()),
     ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),

@@ -9,8 +9,9 @@ configuration's server is started first (small KV caches, so all fit in memory; 
 costs no CPU), then each level runs every configuration in turn, in alternating order, for several
 rounds. Each configuration's speed-up is the mean over rounds of its decode tok/s divided by that of
 no speculation in the same round, so slow spells hit both sides of each ratio. Every (level, round) draws
-its own prompts (a seed of its own; the same for every server), so suffix decoding's cache of earlier
-answers never holds the answers it is measured on.
+its own prompts (a seed of its own; the same for every server). The datasets are small (164 HumanEval
+stubs, 48 chat prompts), so later draws repeat earlier ones (HumanEval c=16: ~half; chat c=8 from round 1:
+most), and suffix decoding, which caches earlier answers, is flattered there: read its accepted length.
 Writes ``results.json`` (every run and the summary) and ``speedup.png``.
 """
 
