@@ -168,6 +168,7 @@ def test_a_request_can_opt_out_and_gets_the_same_answer_without_drafts(
     # every step of it ran without drafts (one step per token; the last one's report may still be on its way)
     steps = _undrafted_steps(metrics) - undrafted_before
     assert steps >= response.json()["usage"]["completion_tokens"] - 2, (method, steps)
+    assert response.json()["usage"]["speculative"] == {"draft_tokens": 0, "accepted_tokens": 0, "steps_with_drafts": 0}
     logprobs = response.json()["choices"][0]["logprobs"]
     got = [(token, list(top.items())) for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True)]
     assert _parting(got, reference_answers[6]) is None  # CODE_PROMPTS[0] is the 7th reference answer
@@ -179,10 +180,17 @@ def test_the_dashboard_panel_shows_accepted_drafts(server: Server, speculative_s
     method, base_url = speculative_server
     title = "Speculative decoding: accepted drafts"
     prompts = iter(CODE_PROMPTS)
+    accepted: list[int] = []  # usage["speculative"]["accepted_tokens"] of each answer
 
     def one_code_completion() -> None:
         body = {"model": server.model, "prompt": next(prompts), "temperature": 0, "max_tokens": MAX_TOKENS}
-        httpx.post(f"{base_url}/v1/completions", json=body, timeout=300).raise_for_status()
+        response = httpx.post(f"{base_url}/v1/completions", json=body, timeout=300)
+        response.raise_for_status()
+        usage = response.json()["usage"]
+        saved = usage["speculative"]  # every accepted draft token is a target step the answer did not need
+        assert 0 <= saved["accepted_tokens"] <= saved["draft_tokens"], usage
+        assert saved["steps_with_drafts"] <= usage["completion_tokens"], usage
+        accepted.append(saved["accepted_tokens"])
 
     length_title = "Speculative decoding: accepted length"
     histogram_title = "Speculative decoding: accepted-length histogram"
@@ -195,6 +203,7 @@ def test_the_dashboard_panel_shows_accepted_drafts(server: Server, speculative_s
     [by_position] = found[length_title]
     shares = {int(labels["position"]): share for labels, share in by_position}
     assert 0 in shares and shares[0] > 0 and all(0 <= share <= 1.01 for share in shares.values()), shares
+    assert sum(accepted) > 0, accepted
     [[(labels, drafted_share)]] = found[drafted_title]
     assert labels["method"] == method.split(":")[0] and 0 < drafted_share <= 1, (labels, drafted_share)
     [histogram] = found[histogram_title]

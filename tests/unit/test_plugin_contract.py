@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from engine.plugin import Plugin
-from engine.plugins.speculative.stats import SpeculationObserver
+from engine.plugins.speculative.stats import SpeculationObserver, request_usage
 from engine.protocol import GenerationDelta, GenerationRequest
 from engine.registry import VLLM_HANDOFF_ENV, hand_over_to_vllm, handed_over, load_plugin, plugin_fields
 from service.app import create_app
@@ -184,3 +184,11 @@ def test_speculation_observer_reports_counts_and_since_start_gauges():
     quiet = observe(SimpleNamespace(num_running_reqs=4, spec_decoding_stats=None))
     assert [(u.name, u.labels, u.value) for u in quiet] == [("leanserve_spec_decode_request_steps", ("ngram", "false"), 4)]
     assert observe(SimpleNamespace(num_running_reqs=0, spec_decoding_stats=None)) == []
+
+
+def test_a_requests_speculative_usage_adds_up_its_choices_verifications() -> None:
+    """vLLM's per-choice histogram: entry j counts the verifications with j drafts accepted."""
+    first = SimpleNamespace(histogram=[3, 1, 2], num_draft_tokens=12)  # 6 verifications, 1 + 2 * 2 accepted
+    second = SimpleNamespace(histogram=[1, 0, 1], num_draft_tokens=4)
+    assert request_usage([first, None, second]) == {"draft_tokens": 16, "accepted_tokens": 7, "steps_with_drafts": 8}
+    assert request_usage([]) == {"draft_tokens": 0, "accepted_tokens": 0, "steps_with_drafts": 0}

@@ -2,7 +2,9 @@
 
 Lossless: vLLM's rejection sampler verifies every draft against the target. Per request,
 ``extra_body={"speculative": {"enabled": false}}`` opts out (opt_out.py: vLLM's scheduler
-drops that request's drafts).
+drops that request's drafts). What a request saved is in its ``usage["speculative"]``, from vLLM's
+per-request spec-decode metrics (``per_request_spec_decode_metrics="summary"``): every accepted
+draft token is a target forward pass the request did not need.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
-from engine.plugin import EngineContext, Plugin, StepObserver
+from engine.plugin import EngineContext, FinishedRequest, Plugin, RequestAccounting, StepObserver
 from engine.plugins.speculative.config import (
     OPT_OUT_SCHEDULER,
     SpeculationSpec,
     parse_speculative,
     vllm_speculative_config,
 )
-from engine.plugins.speculative.stats import METRICS, SpeculationObserver
+from engine.plugins.speculative.stats import METRICS, SpeculationObserver, request_usage
 
 
 def _parse(value: object) -> object:
@@ -66,7 +68,8 @@ class SpeculativePlugin(Plugin):
         draft_path = context.resolve_model(spec.model) if spec.method == "draft" else None
         config = vllm_speculative_config(spec, settings.num_speculative_tokens, context.served_model_name, draft_path,
                                          settings.speculative_max_batch)
-        return {"speculative_config": config, "scheduler_cls": OPT_OUT_SCHEDULER}
+        return {"speculative_config": config, "scheduler_cls": OPT_OUT_SCHEDULER,
+                "per_request_spec_decode_metrics": "summary"}  # each finished choice's drafts: request_finished
 
     def register_in_vllm(self, settings: SpeculativeSettings) -> None:
         from engine.plugins.speculative.numba_threads import keep_numba_off_openmp
@@ -77,6 +80,11 @@ class SpeculativePlugin(Plugin):
 
     def sampling_args(self, settings: SpeculativeSettings, options: BaseModel | None) -> dict[str, Any] | None:
         return {"enabled": options.enabled} if isinstance(options, SpeculativeOptions) else None
+
+    def request_finished(self, settings: SpeculativeSettings, options: BaseModel | None,
+                         finished: FinishedRequest) -> RequestAccounting | None:
+        outputs = getattr(finished.final_output, "outputs", None) or []
+        return RequestAccounting(usage=request_usage([output.spec_decode_metrics for output in outputs]))
 
     def step_observer(self, settings: SpeculativeSettings, context: EngineContext) -> StepObserver:
         return SpeculationObserver(settings.speculative.method)

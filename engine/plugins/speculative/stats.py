@@ -99,3 +99,20 @@ def accepted_length_counts(drafts: int, accepted_per_position: list[int]) -> lis
     """
     at_least = [drafts, *accepted_per_position, 0]
     return [at_least[j] - at_least[j + 1] for j in range(len(at_least) - 1)]
+
+
+def request_usage(per_choice: list[Any]) -> dict[str, int]:
+    """A finished request's ``usage["speculative"]`` from vLLM's per-choice ``RequestSpecDecodeMetrics``.
+
+    ``histogram[j]`` counts the verifications in which ``j`` drafts were accepted, so their sum is the target
+    steps that verified drafts and ``sum(j * histogram[j])`` the accepted tokens: target forward passes saved.
+    A choice without metrics (none reported) counts zero.
+    """
+    verified = accepted = drafted = 0
+    for metrics in per_choice:
+        if metrics is None:
+            continue
+        verified += sum(metrics.histogram)
+        accepted += sum(j * count for j, count in enumerate(metrics.histogram))
+        drafted += metrics.num_draft_tokens
+    return {"draft_tokens": drafted, "accepted_tokens": accepted, "steps_with_drafts": verified}
