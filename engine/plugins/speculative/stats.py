@@ -106,7 +106,9 @@ def request_usage(per_choice: list[Any]) -> dict[str, int]:
 
     ``histogram[j]`` counts the verifications in which ``j`` drafts were accepted, so their sum is the target
     steps that verified drafts and ``sum(j * histogram[j])`` the accepted tokens: target forward passes saved.
-    A choice without metrics (none reported) counts zero.
+    A choice without metrics (none reported) counts zero. vLLM attaches a choice's metrics to the output in
+    which that choice finishes; the plugin sees the request's last output, so with ``n > 1`` a choice that
+    finished earlier is missing (FinishedRequest would have to gather them across outputs).
     """
     verified = accepted = drafted = 0
     for metrics in per_choice:
