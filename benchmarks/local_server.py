@@ -33,11 +33,11 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: f
 
 
 def start_server(command: list[str], log_path: Path, ready_url: str, env: dict[str, str] | None = None,
-                 timeout_s: float = 900) -> subprocess.Popen:
-    """Run ``command`` with output to ``log_path``; return once ``ready_url`` answers 200."""
+                 timeout_s: float = 900, cwd: Path | None = None) -> subprocess.Popen:
+    """Run ``command`` (in ``cwd``) with output to ``log_path``; return once ``ready_url`` answers 200."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy())
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy(), cwd=cwd)
     try:
         wait_ready(ready_url, process, log_path, timeout_s)
     except BaseException:

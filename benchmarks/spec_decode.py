@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import subprocess
@@ -32,6 +33,7 @@ from benchmarks.local_server import free_port, start_server, stop_server
 class ServerConfig:
     name: str
     flags: tuple[str, ...]
+    revision: str | None = None  # a git revision of this repository to serve from (a before/after comparison)
 
 
 SMOLLM2 = (
@@ -110,9 +112,16 @@ DRAFTER = (
     ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
     ServerConfig("mtp k=3", ("--speculative", "mtp", "--num-speculative-tokens", "3")),
 )
+# Suffix decoding's knobs as chosen by benchmarks/suffix_replay.py (min_match 1, max_spec_factor 2), beside the
+# paper's (2, 1.0), which the code before that change (1e6e635) ran with.
+SUFFIX_KNOBS = (
+    ServerConfig("none", ()),
+    ServerConfig("suffix k=8 (paper knobs, 1e6e635)", ("--speculative", "suffix"), revision="1e6e635"),
+    ServerConfig("suffix k=8", ("--speculative", "suffix")),
+)
 SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD, "quiet": QUIET,
           "openmp": OPENMP, "adaptive": ADAPTIVE, "shipped": SHIPPED,
-          "qwen_suffix": QWEN_SUFFIX, "qwen_all": QWEN_ALL,
+          "qwen_suffix": QWEN_SUFFIX, "qwen_all": QWEN_ALL, "suffix_knobs": SUFFIX_KNOBS,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 
@@ -144,13 +153,31 @@ def _bench(base_url: str, dataset: str, concurrency: int, num: int, output_len: 
     }
 
 
-def start_leanserve(flags: tuple[str, ...], kv_cache_gib: float, scratch: Path) -> tuple[str, subprocess.Popen]:
-    """One benchmark server (eager, 2,048-token context) on a free port: its base URL and process."""
+def start_leanserve(flags: tuple[str, ...], kv_cache_gib: float, scratch: Path,
+                    revision: str | None = None) -> tuple[str, subprocess.Popen]:
+    """One benchmark server (eager, 2,048-token context) on a free port: its base URL and process.
+
+    With ``revision``, the server runs that git revision's code (exported under ``scratch``; same
+    virtual environment and model cache), so a change can be measured beside what it replaced. The tree
+    goes first on PYTHONPATH: the editable install's finder (and a ``.pth`` that imports ``engine`` at
+    start-up) would otherwise load this checkout's packages, in the server and in vLLM's processes."""
     port = free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--enforce-eager",
                "--max-model-len", "2048", "--kv-cache-gib", str(kv_cache_gib), *flags]
     base_url = f"http://127.0.0.1:{port}"
-    return base_url, start_server(command, scratch / f"server-{port}.log", f"{base_url}/ready")
+    cwd = _checkout(revision, scratch) if revision else None
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))) if cwd else None
+    return base_url, start_server(command, scratch / f"server-{port}.log", f"{base_url}/ready", env=env, cwd=cwd)
+
+
+def _checkout(revision: str, scratch: Path) -> Path:
+    """``revision``'s tree exported to ``scratch/rev-REVISION`` (once); ``python -m`` there imports its code first."""
+    directory = scratch / f"rev-{revision}"
+    if not directory.exists():
+        directory.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", revision], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    return directory
 
 
 def measure_level(base_url: str, config: str, dataset: str, concurrency: int, num: int, output_len: int,
@@ -171,7 +198,7 @@ def measure_level(base_url: str, config: str, dataset: str, concurrency: int, nu
 
 
 def run_config(config: ServerConfig, args: argparse.Namespace, scratch: Path) -> list[dict]:
-    base_url, process = start_leanserve(config.flags, args.kv_cache_gib, scratch)
+    base_url, process = start_leanserve(config.flags, args.kv_cache_gib, scratch, config.revision)
     rows = []
     try:
         is_qwen = "qwen" in config.name

@@ -79,7 +79,7 @@ def main() -> None:
         servers = {}
         try:
             for config in configs:
-                servers[config.name] = start_leanserve(config.flags, args.kv_cache_gib, Path(scratch))
+                servers[config.name] = start_leanserve(config.flags, args.kv_cache_gib, Path(scratch), config.revision)
             for level_index, (dataset, concurrency) in enumerate(args.levels):
                 for round_index in range(args.rounds):
                     seed = 1000 * level_index + round_index

@@ -15,6 +15,7 @@ from engine.plugins.speculative.config import (
     shipped_head,
     vllm_speculative_config,
 )
+from engine.plugins.speculative.suffix_index import SuffixParams
 from service.settings import Settings
 
 
@@ -24,6 +25,7 @@ from service.settings import Settings
     ("mtp", SpeculationSpec("mtp")),
     ("mtp:/heads/mine", SpeculationSpec("mtp", "/heads/mine")),
     ("draft:Qwen2.5-Coder-0.5B-Instruct", SpeculationSpec("draft", "Qwen2.5-Coder-0.5B-Instruct")),
+    ("suffix:max_depth=16, max_spec_factor=1", SpeculationSpec("suffix", options=(("max_depth", 16), ("max_spec_factor", 1.0)))),
 ])
 def test_parse_accepts_every_method(text: str, spec: SpeculationSpec) -> None:
     assert parse_speculative(text) == spec
@@ -33,6 +35,12 @@ def test_parse_accepts_every_method(text: str, spec: SpeculationSpec) -> None:
     ("medusa", "unknown speculative method"),
     ("draft", "draft needs a model"),
     ("ngram:foo", "takes no model"),
+    ("suffix:foo", "KEY=VALUE knobs"),
+    ("suffix:max_cached_tokens=5", "KEY=VALUE knobs"),  # internal, not a flag knob
+    ("suffix:min_match=2", "KEY=VALUE knobs"),  # vLLM's config cannot carry it
+    ("suffix:max_depth=two", "max_depth needs a int"),
+    ("suffix:max_depth=0", "<= max_depth"),
+    ("suffix:min_token_prob=1.5", "min_token_prob"),
 ])
 def test_parse_rejects_bad_values(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -51,7 +59,8 @@ def test_vllm_config_per_method() -> None:
     assert ngram["method"] == "ngram" and ngram["num_speculative_tokens"] == 4
     suffix = vllm_speculative_config(parse_speculative("suffix"), 6, "SmolLM2-135M-Instruct", max_batch=3)
     assert suffix == {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": 6,
-                      "num_speculative_tokens_per_batch_size": [(1, 3, 6), (4, 4, 0)]}
+                      "num_speculative_tokens_per_batch_size": [(1, 3, 6), (4, 4, 0)],
+                      **SuffixParams().as_speculative_config()}
     draft = vllm_speculative_config(parse_speculative("draft:small"), None, "big", draft_path="/models/small")
     assert ngram.get("num_speculative_tokens_per_batch_size") is None  # no limit
     assert draft == {"method": "draft_model", "model": "/models/small", "num_speculative_tokens": 4,
@@ -121,3 +130,18 @@ def test_a_request_opts_out_through_extra_args_read_by_the_scheduler() -> None:
     context = EngineContext("SmolLM2-135M-Instruct", "/models/x", Path("/tmp"), lambda name: name)
     engine_args = PLUGIN.engine_args(settings, context)
     assert engine_args["scheduler_cls"] == f"{OptOutScheduler.__module__}.{OptOutScheduler.__name__}"
+
+
+def test_suffix_knobs_reach_the_proposer_through_vllms_config() -> None:
+    """vLLM builds the proposer from its SpeculativeConfig alone: the flag's knobs must survive that trip."""
+    from vllm.config import SpeculativeConfig
+
+    spec = parse_speculative("suffix:max_cached_requests=7,max_spec_factor=0.5,min_token_prob=0.25,max_depth=16")
+    assert str(spec) == "suffix:max_cached_requests=7,max_spec_factor=0.5,min_token_prob=0.25,max_depth=16"
+    config = vllm_speculative_config(spec, 6, "SmolLM2-135M-Instruct")
+    fields = {k: v for k, v in config.items() if k not in ("method", "model", "num_speculative_tokens")}
+    vllm_side = SpeculativeConfig.__new__(SpeculativeConfig)  # the fields as vLLM stores them, no model lookup
+    vllm_side.__dict__.update(fields)
+    assert SuffixParams.from_speculative_config(vllm_side) == SuffixParams(
+        max_cached_requests=7, max_spec_factor=0.5, min_token_prob=0.25, max_depth=16)
+    assert set(fields) <= set(SpeculativeConfig.__dataclass_fields__)  # every entry is a field vLLM has

@@ -15,13 +15,18 @@ K = 5
 MAX_LEN = 256
 
 
+# The paper's knobs in every step, which the expected drafts below are worked out for; eager small steps (the
+# shipped default) have a test of their own.
+PAPER = {"eager_max_batch": 0}
+
+
 def make_proposer(k: int = K, max_len: int = MAX_LEN, schedule: list | None = None, **params) -> SuffixProposer:
     config = SimpleNamespace(
         speculative_config=SimpleNamespace(num_speculative_tokens=k, num_speculative_tokens_per_batch_size=schedule),
         model_config=SimpleNamespace(max_model_len=max_len),
         scheduler_config=SimpleNamespace(max_num_seqs=8),
     )
-    return SuffixProposer(config, SuffixParams(**params))
+    return SuffixProposer(config, SuffixParams(**{**PAPER, **params}))
 
 
 class Batch:
@@ -59,6 +64,23 @@ def test_a_pattern_repeated_from_the_prompt_is_drafted_up_to_the_match_length():
     assert batch.step([[3]]) == [[4, 5, 6]]  # matched 3 tokens: at most ceil(1.0 * 3) drafted
     batch.append(0, [4, 5, 6, 7])
     assert batch.step([[4, 5, 6, 7]]) == [[8, 40, 41, 1, 2]]  # matched 7: capped at K
+
+
+def test_small_steps_draft_eagerly_by_default_and_larger_ones_as_the_paper():
+    """Shipped knobs: in a step of at most 2 requests one repeated token proposes two, and a match runs to
+    twice its length; in larger steps a draft needs a 2-token match and stays within its length."""
+    config = SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=K),
+                             model_config=SimpleNamespace(max_model_len=MAX_LEN), scheduler_config=SimpleNamespace(max_num_seqs=8))
+    batch = Batch(SuffixProposer(config))
+    batch.put(0, [9, 5, 6, 7, 8, 1, 5])
+    batch.put(1, [9, 5, 6, 7, 8, 9, 5])
+    batch.put(2, [30, 31, 32])
+    assert batch.step([[5], [5]]) == [[6, 7], [6, 7, 8, 9]]  # matched 1 token: two; (9, 5): four
+    for row in range(3):
+        batch.append(row, [40])
+    assert batch.step([[40], [40], [40]]) == [[], [], []]  # three requests: nothing repeats 2 tokens
+    batch.put(1, [9, 5, 6, 7, 8, 1, 9, 5])  # a new request in row 1
+    assert batch.step([[40], [5], [40]]) == [[], [6, 7], []]  # (9, 5) again: at most its length
 
 
 def test_max_spec_factor_scales_the_draft_to_the_match():
@@ -219,3 +241,4 @@ def test_no_drafts_in_steps_above_the_schedule_and_requests_still_followed():
     assert batch.step([[3], [3], [3]]) == [[], [], []]  # three: none
     batch.append(0, [4])
     assert batch.step([[4]]) == [[5, 6, 7, 8]]  # alone again: its index kept up through the quiet step
+

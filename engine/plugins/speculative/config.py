@@ -6,6 +6,8 @@ Methods (all lossless: vLLM's rejection sampler verifies every draft against the
                    answer copies from the prompt (code edits, RAG, summaries).
 * ``suffix``       leanserve's suffix decoding (suffix.py): like ngram, plus a cache of earlier
                    answers and an adaptive draft length; shines on repeated/agentic traffic.
+                   ``suffix:KEY=VALUE,...`` sets its knobs (``SuffixParams``: max_depth,
+                   max_spec_factor, min_token_prob, max_cached_requests; vLLM's suffix knobs).
 * ``draft:MODEL``  a small model with the same tokenizer drafts (catalogue name or directory).
 * ``mtp[:DIR]``    a learned drafter fed with the target's hidden states; without DIR, the one
                    shipped for the served model in ``heads/<model name>/``. A parallel drafter
@@ -26,8 +28,10 @@ wants drafts (benchmarks/RESULTS.md, "under load").
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from engine.plugins.speculative.suffix_index import SuffixParams
 
 HEADS_DIR = Path(__file__).parent / "heads"
 SUFFIX_PROPOSER = "engine.plugins.speculative.suffix.SuffixProposer"
@@ -48,29 +52,63 @@ DEFAULT_MIN_ACCEPTANCE = {"ngram": 0.0, "suffix": 0.0, "draft": 0.05, "mtp": 0.0
 METHODS = ("ngram", "suffix", "draft", "mtp")
 
 
+# The knobs ``suffix:KEY=VALUE,...`` may set: those vLLM's config can carry to the proposer (SuffixParams).
+SUFFIX_OPTIONS = ("max_depth", "max_spec_factor", "min_token_prob", "max_cached_requests")
+
+
 @dataclass(frozen=True)
 class SpeculationSpec:
-    """A parsed ``--speculative`` value: the method and, for draft/mtp, its model."""
+    """A parsed ``--speculative`` value: the method, for draft/mtp its model, for suffix its knobs."""
 
     method: str
     model: str | None = None
+    options: tuple[tuple[str, int | float], ...] = ()  # suffix: (knob, value), in the order given
 
     def __str__(self) -> str:
-        """The flag's own form, so that a parsed value round-trips (``draft:MODEL``)."""
+        """The flag's own form, so that a parsed value round-trips (``draft:MODEL``, ``suffix:min_match=2``)."""
+        if self.options:
+            return f"{self.method}:" + ",".join(f"{key}={value}" for key, value in self.options)
         return f"{self.method}:{self.model}" if self.model else self.method
 
 
 def parse_speculative(text: str) -> SpeculationSpec:
-    """``ngram`` | ``suffix`` | ``draft:MODEL`` | ``mtp`` | ``mtp:DIR``; raises ValueError."""
+    """``ngram`` | ``suffix[:KEY=VALUE,...]`` | ``draft:MODEL`` | ``mtp`` | ``mtp:DIR``; raises ValueError."""
     method, _, model = text.strip().partition(":")
     method = method.lower()
     if method not in METHODS:
         raise ValueError(f"unknown speculative method {method!r}: expected one of ngram, suffix, draft:MODEL, mtp[:DIR]")
     if method == "draft" and not model:
         raise ValueError("draft needs a model: --speculative draft:MODEL")
-    if method in ("ngram", "suffix") and model:
+    if method == "ngram" and model:
         raise ValueError(f"{method} takes no model (got {model!r})")
+    if method == "suffix":
+        return SpeculationSpec(method, options=_suffix_options(model)) if model else SpeculationSpec(method)
     return SpeculationSpec(method, model or None)
+
+
+def _suffix_options(text: str) -> tuple[tuple[str, int | float], ...]:
+    """``max_spec_factor=2,min_token_prob=0.2`` -> ((knob, typed value), ...); ValueError naming a bad knob or value."""
+    types = {f.name: f.type for f in fields(SuffixParams)}
+    options = []
+    for item in text.split(","):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if key not in SUFFIX_OPTIONS or not equals:
+            raise ValueError(f"suffix takes KEY=VALUE knobs, KEY one of {', '.join(SUFFIX_OPTIONS)} (got {item.strip()!r})")
+        try:
+            options.append((key, int(value) if types[key] == "int" else float(value)))
+        except ValueError:
+            raise ValueError(f"suffix knob {key} needs a {types[key]}, got {value!r}") from None
+    suffix_params(SpeculationSpec("suffix", options=tuple(options)))  # SuffixParams checks the values
+    return tuple(options)
+
+
+def suffix_params(spec: SpeculationSpec) -> SuffixParams:
+    """The suffix proposer's knobs: SuffixParams' defaults with the flag's overrides; ValueError if out of range."""
+    values = dict(spec.options)
+    try:
+        return SuffixParams(**values)
+    except ValueError as error:
+        raise ValueError(f"suffix: {error}") from None
 
 
 def shipped_head(served_model: str) -> Path | None:
@@ -112,8 +150,9 @@ def vllm_speculative_config(spec: SpeculationSpec, num_tokens: int | None, serve
 def _method_config(spec: SpeculationSpec, k: int, head: Path | None, draft_path: str | None) -> dict:
     if spec.method == "ngram":
         return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
-    if spec.method == "suffix":
-        return {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": k}
+    if spec.method == "suffix":  # the proposer reads its knobs back from vLLM's own suffix fields (suffix.py)
+        return {"method": "custom_class", "model": SUFFIX_PROPOSER, "num_speculative_tokens": k,
+                **suffix_params(spec).as_speculative_config()}
     if spec.method == "draft":
         return {"method": "draft_model", "model": draft_path or spec.model, "num_speculative_tokens": k}
     if is_parallel_drafter(head):

@@ -33,7 +33,7 @@ Speculation = Annotated[SpeculationSpec, BeforeValidator(_parse), PlainSerialize
 class SpeculativeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    speculative: Speculation | None = Field(None, description="ngram | suffix | draft:MODEL | mtp[:HEAD_DIR]")
+    speculative: Speculation | None = Field(None, description="ngram | suffix[:KNOB=VALUE,...] | draft:MODEL | mtp[:HEAD_DIR]")
     num_speculative_tokens: int | None = Field(None, gt=0, le=16, description="draft length K (default per method)")
     speculative_max_batch: int | None = Field(
         None, ge=0, le=4096,

@@ -10,8 +10,9 @@ change speed, never output.
 
 Enable with ``speculative_config={"method": "custom_class", "model":
 "engine.plugins.speculative.suffix.SuffixProposer", "num_speculative_tokens": K}``.
-vLLM builds the class from its config alone, so it runs on ``SuffixParams()``;
-other knobs need a subclass that passes its own.
+vLLM builds the class from its config alone, so the knobs (``SuffixParams``,
+``--speculative suffix:KEY=VALUE,...``) travel in the speculative config's fields
+for vLLM's own suffix method (``SuffixParams.as_speculative_config``).
 
 vLLM 0.32 gives a custom proposer only the persistent batch's rows, no request
 ids, so requests are followed by content: a row whose tokens no longer extend
@@ -60,11 +61,12 @@ def _k_by_batch(vllm_config: VllmConfig) -> list[int] | None:
 class SuffixProposer:
     """Drafts for every row of vLLM's batch from the request's own tokens and recent outputs."""
 
-    def __init__(self, vllm_config: VllmConfig, params: SuffixParams = SuffixParams()) -> None:
+    def __init__(self, vllm_config: VllmConfig, params: SuffixParams | None = None) -> None:
         self.k = vllm_config.speculative_config.num_speculative_tokens
         self.k_by_batch = _k_by_batch(vllm_config)
         self.max_model_len = vllm_config.model_config.max_model_len
-        self.params = params
+        self.params = params or SuffixParams.from_speculative_config(vllm_config.speculative_config)
+        logger.info("suffix decoding: up to %d drafts, %s", self.k, self.params)
         self._failed = False
         self._reset()
 
@@ -92,9 +94,10 @@ class SuffixProposer:
             live = {i: int(num_tokens_no_spec[i]) for i, sampled in enumerate(sampled_token_ids) if sampled}
             self._track(live, sampled_token_ids, token_ids_cpu)  # even when not drafting: requests stay followed
             k = self.k_by_batch[min(len(sampled_token_ids), len(self.k_by_batch) - 1)] if self.k_by_batch else self.k
+            requests = len(sampled_token_ids)
             return [
-                self._draft(self._rows[i], min(k, self.max_model_len - live[i] - 1)) if i in live else []
-                for i in range(len(sampled_token_ids))
+                self._draft(self._rows[i], min(k, self.max_model_len - live[i] - 1), requests) if i in live else []
+                for i in range(requests)
             ]
         except Exception:
             if not self._failed:
@@ -120,7 +123,7 @@ class SuffixProposer:
                 row = token_ids_cpu[i, : live[i]]
                 request = next((r for r in spare if r.extend(row)), None)
                 if request is None:
-                    request = RequestIndex(row, len(row) - len(sampled_token_ids[i]), self.params.min_match)
+                    request = RequestIndex(row, len(row) - len(sampled_token_ids[i]), self.params.anchor_width)
                 else:
                     spare.remove(request)
                 rows[i] = request
@@ -138,19 +141,24 @@ class SuffixProposer:
         request.archived = request.n
         self._detached.append(request)
 
-    def _draft(self, request: RequestIndex, max_tokens: int) -> list[int]:
-        """The better-scoring draft of the request's own tokens and the archive's (own wins ties)."""
+    def _draft(self, request: RequestIndex, max_tokens: int, requests: int) -> list[int]:
+        """The request's best draft in a step of ``requests`` (its estimated probabilities: ``benchmarks/suffix_replay.py``)."""
+        return self._best_draft(request, max_tokens, requests)[0]
+
+    def _best_draft(self, request: RequestIndex, max_tokens: int, requests: int) -> tuple[list[int], list[float]]:
+        """The better-scoring draft of the request's own tokens and the archive's (own wins ties), and
+        each token's estimated acceptance probability."""
         if max_tokens <= 0 or request.last_key is None:
-            return []
+            return [], []
         back = min(self.params.max_depth, request.n)
         pattern = request.tokens[request.n - back : request.n][::-1]
-        best_score, best = 0.0, []
+        best_score, best, best_probs = 0.0, [], []
         for before, after in (
             request.occurrences(back, max_tokens),
             self._archive.occurrences(int(request.last_key), back, max_tokens),
         ):
             if len(before):
-                score, draft = speculate(pattern, before, after, max_tokens, self.params, best_score)
+                score, draft, probs = speculate(pattern, before, after, max_tokens, self.params, best_score, requests)
                 if draft:
-                    best_score, best = score, draft
-        return best
+                    best_score, best, best_probs = score, draft, probs
+        return best, best_probs
