@@ -65,7 +65,7 @@ class SpeculationSpec:
     options: tuple[tuple[str, int | float], ...] = ()  # suffix: (knob, value), in the order given
 
     def __str__(self) -> str:
-        """The flag's own form, so that a parsed value round-trips (``draft:MODEL``, ``suffix:min_match=2``)."""
+        """The flag's own form, so that a parsed value round-trips (``draft:MODEL``, ``suffix:max_spec_factor=1.0``)."""
         if self.options:
             return f"{self.method}:" + ",".join(f"{key}={value}" for key, value in self.options)
         return f"{self.method}:{self.model}" if self.model else self.method
