@@ -112,8 +112,8 @@ DRAFTER = (
     ServerConfig("mtp k=2", ("--speculative", "mtp", "--num-speculative-tokens", "2")),
     ServerConfig("mtp k=3", ("--speculative", "mtp", "--num-speculative-tokens", "3")),
 )
-# Suffix decoding's knobs as chosen by benchmarks/suffix_replay.py (min_match 1, max_spec_factor 2), beside the
-# paper's (2, 1.0), which the code before that change (1e6e635) ran with.
+# Suffix decoding with eager small steps (chosen by benchmarks/suffix_replay.py) beside the paper's knobs in every
+# step, which the code before that change (1e6e635) ran with.
 SUFFIX_KNOBS = (
     ServerConfig("none", ()),
     ServerConfig("suffix k=8 (paper knobs, 1e6e635)", ("--speculative", "suffix"), revision="1e6e635"),

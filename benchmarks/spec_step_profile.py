@@ -103,13 +103,18 @@ def profile(name: str, speculative: dict | None, prompts: list[str], max_tokens:
     return row
 
 
-def profile_in_child(*args: object) -> dict:
-    """``profile`` in a spawned process of its own, so each configuration starts from a clean vLLM."""
+def run_in_child(function, *args: object):
+    """``function(*args)`` in a spawned process of its own, so each vLLM ``LLM`` starts clean."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(profile, *args).result()
+        return pool.submit(function, *args).result()
+
+
+def profile_in_child(*args: object) -> dict:
+    """``profile`` in a spawned process of its own, so each configuration starts from a clean vLLM."""
+    return run_in_child(profile, *args)
 
 
 def mean_row(runs: list[dict]) -> dict:

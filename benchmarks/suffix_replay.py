@@ -214,16 +214,8 @@ def plot(costs: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def run_in_child(function, *args: object):
-    """``function(*args)`` in a spawned process: vLLM builds one ``LLM`` per process cleanly."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
-
-
 def main() -> None:
+    from benchmarks.spec_step_profile import run_in_child
     from engine.catalogue import resolve_model
     from service.settings import Settings
 
