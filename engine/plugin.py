@@ -15,7 +15,8 @@ It overrides only the hooks it needs:
 * ``register_in_vllm``    registration inside every vLLM process (model classes, processors,
                           attention backends), run from leanserve's one ``vllm.general_plugins``
                           entry point: the engine core is a separate process;
-* ``step_observer``       turns vLLM's per-step scheduler statistics into metric updates;
+* ``step_observer``       turns vLLM's per-step scheduler statistics into metric updates (called
+                          once with ``None`` as the engine starts: its series at zero, see below);
 * ``sampling_args``       what of its request options rides to vLLM in ``SamplingParams.extra_args``
                           (a logits processor or attention backend reads them there; the gateway's
                           request id is always there too, under ``REQUEST_ID_KEY``, for code inside
@@ -82,7 +83,9 @@ class RequestAccounting:
     updates: Sequence[MetricUpdate] = ()
 
 
-StepObserver = Callable[[Any], Sequence[MetricUpdate]]  # vLLM SchedulerStats -> updates
+# vLLM SchedulerStats -> updates. Called once with None when the engine starts: counters grown by 0 then
+# exist before traffic, so a dashboard's rate() of them is not extrapolated from a first sample mid-window.
+StepObserver = Callable[[Any], Sequence[MetricUpdate]]
 EngineBuilder = Callable[["EnginePlan", "StatsSink"], Awaitable["Engine"]]  # the plan of the engine it replaces
 
 

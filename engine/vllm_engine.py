@@ -83,6 +83,8 @@ class VllmEngine:
         if not export_vllm_metrics:
             loggers.append(NoVllmPrometheus)
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers or None)
+        if observers and on_stats:
+            on_stats([update for observe in observers for update in observe(None)])  # their series, at zero
         options = {item.name: item.plugin.request_options for item in plan.plugins if item.plugin.request_options}
         info = ModelInfo(name=plan.served_model_name, max_model_len=llm.model_config.max_model_len,
                          request_options=options, disabled_options=plan.disabled_options,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from types import SimpleNamespace
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from engine.plugin import Plugin
-from engine.plugins.speculative.stats import SpeculationObserver, request_usage
+from engine.plugins.speculative.stats import METRICS, SpeculationObserver, request_usage
 from engine.protocol import GenerationDelta, GenerationRequest
 from engine.registry import VLLM_HANDOFF_ENV, hand_over_to_vllm, handed_over, load_plugin, plugin_fields
 from service.app import create_app
@@ -163,7 +164,7 @@ def test_the_plan_lists_what_each_plugin_brings():
 
 
 def test_speculation_observer_reports_counts_and_since_start_gauges():
-    observe = SpeculationObserver("ngram")
+    observe = SpeculationObserver("ngram", 4)
     step = SimpleNamespace(num_running_reqs=3, spec_decoding_stats=SimpleNamespace(
         num_drafts=2, num_draft_tokens=8, num_accepted_tokens=3, num_accepted_tokens_per_pos=[2, 1, 0, 0]))
     first = {(u.name, u.labels): u.value for u in observe(step)}
@@ -184,6 +185,25 @@ def test_speculation_observer_reports_counts_and_since_start_gauges():
     quiet = observe(SimpleNamespace(num_running_reqs=4, spec_decoding_stats=None))
     assert [(u.name, u.labels, u.value) for u in quiet] == [("leanserve_spec_decode_request_steps", ("ngram", "false"), 4)]
     assert observe(SimpleNamespace(num_running_reqs=0, spec_decoding_stats=None)) == []
+
+
+def test_every_speculation_series_is_exported_at_zero_before_the_first_step() -> None:
+    """A rate() over a series born mid-window is extrapolated from its own first sample, so a panel dividing a
+    late-born position by the drafts counter could show more than 100%: the series exist from the start."""
+    from prometheus_client import generate_latest
+
+    from service.metrics import declare_plugin_metrics, record_plugin_updates
+
+    declare_plugin_metrics(METRICS)
+    record_plugin_updates("zero-model", SpeculationObserver("suffix", 3)(None))
+    exported = generate_latest().decode()
+    at_zero = re.findall(r'^leanserve_spec_decode_(\w+)_total\{([^}]*model="zero-model"[^}]*)\} 0\.0$', exported,
+                         re.MULTILINE)
+    positions = {labels for name, labels in at_zero if name == "accepted_tokens_by_position"}
+    assert positions == {f'method="suffix",model="zero-model",position="{k}"' for k in range(3)}
+    lengths = {labels for name, labels in at_zero if name == "drafts_by_accepted_length"}
+    assert lengths == {f'accepted="{k}",method="suffix",model="zero-model"' for k in range(4)}
+    assert {name for name, _ in at_zero} >= {"drafts", "draft_tokens", "accepted_tokens", "request_steps"}
 
 
 def test_a_requests_speculative_usage_adds_up_its_choices_verifications() -> None:

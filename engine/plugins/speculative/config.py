@@ -138,13 +138,23 @@ def vllm_speculative_config(spec: SpeculationSpec, num_tokens: int | None, serve
     method's default, ``DEFAULT_MAX_BATCH``). Raises ValueError when ``mtp`` has no head for the model.
     """
     head = _head_dir(spec, served_model) if spec.method == "mtp" else None
-    k = num_tokens or (head_draft_tokens(head) if head else DEFAULT_NUM_TOKENS[spec.method])
+    k = draft_tokens(spec, num_tokens, served_model)
     config = _method_config(spec, k, head, draft_path)
     if max_batch is None:
         max_batch = DEFAULT_MAX_BATCH[spec.method]
     if max_batch is not None:
         config["num_speculative_tokens_per_batch_size"] = draft_schedule(k, max_batch)
     return config
+
+
+def draft_tokens(spec: SpeculationSpec, num_tokens: int | None, served_model: str) -> int:
+    """K, the most draft tokens a request verifies per step: ``--num-speculative-tokens``, else what the
+    learned drafter's recipe measured best (mtp), else the method's default."""
+    if num_tokens:
+        return num_tokens
+    if spec.method == "mtp":
+        return head_draft_tokens(_head_dir(spec, served_model))
+    return DEFAULT_NUM_TOKENS[spec.method]
 
 
 def _method_config(spec: SpeculationSpec, k: int, head: Path | None, draft_path: str | None) -> dict:

@@ -17,6 +17,7 @@ from engine.plugin import EngineContext, FinishedRequest, Plugin, RequestAccount
 from engine.plugins.speculative.config import (
     OPT_OUT_SCHEDULER,
     SpeculationSpec,
+    draft_tokens,
     parse_speculative,
     vllm_speculative_config,
 )
@@ -87,7 +88,8 @@ class SpeculativePlugin(Plugin):
         return RequestAccounting(usage=request_usage([output.spec_decode_metrics for output in outputs]))
 
     def step_observer(self, settings: SpeculativeSettings, context: EngineContext) -> StepObserver:
-        return SpeculationObserver(settings.speculative.method)
+        longest = draft_tokens(settings.speculative, settings.num_speculative_tokens, context.served_model_name)
+        return SpeculationObserver(settings.speculative.method, longest)
 
 
 PLUGIN = SpeculativePlugin()

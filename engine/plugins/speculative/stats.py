@@ -47,13 +47,17 @@ METRICS = (
 
 class SpeculationObserver:
     """Turns each engine step's spec-decode counts into metric updates; keeps the totals
-    the two since-start gauges need (one observer per engine)."""
+    the two since-start gauges need (one observer per engine). ``draft_tokens`` is K, the
+    longest draft: the positions and accepted lengths whose series exist from the start."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, draft_tokens: int) -> None:
         self._method = (method,)
+        self._draft_tokens = draft_tokens
         self._drafts = self._proposed = self._accepted = 0
 
     def __call__(self, scheduler_stats: Any) -> list[MetricUpdate]:
+        if scheduler_stats is None:
+            return self._series_at_zero()
         stats = getattr(scheduler_stats, "spec_decoding_stats", None)
         updates = self._request_steps(scheduler_stats.num_running_reqs, stats.num_drafts if stats is not None else 0)
         if stats is None or stats.num_drafts == 0:
@@ -76,6 +80,22 @@ class SpeculationObserver:
                                                                           stats.num_accepted_tokens_per_pos)) if count]
         updates.append(MetricUpdate(ACCEPTANCE_RATE, self._accepted / self._proposed if self._proposed else 0.0, method))
         updates.append(MetricUpdate(MEAN_ACCEPTED_LENGTH, 1.0 + self._accepted / self._drafts, method))
+        return updates
+
+    def _series_at_zero(self) -> list[MetricUpdate]:
+        """Every counter series the observer can move, grown by 0 so that it exists before traffic.
+
+        A series born mid-window has only an approximate ``rate()`` (Prometheus extrapolates each
+        series from its own first sample), so the panels' ratios of a position born with the first
+        long draft to the drafts counter could exceed 1; vLLM creates its per-position series at zero for
+        the same reason."""
+        method = self._method
+        updates = [MetricUpdate(name, 0, method) for name in (DRAFTS, DRAFT_TOKENS, ACCEPTED_TOKENS)]
+        updates += [MetricUpdate(ACCEPTED_BY_POSITION, 0, (*method, str(position)))
+                    for position in range(self._draft_tokens)]
+        updates += [MetricUpdate(BY_ACCEPTED_LENGTH, 0, (*method, str(length)))
+                    for length in range(self._draft_tokens + 1)]
+        updates += [MetricUpdate(REQUEST_STEPS, 0, (*method, drafted)) for drafted in ("true", "false")]
         return updates
 
     def _request_steps(self, running: int, drafted: int) -> list[MetricUpdate]:
