@@ -117,3 +117,22 @@ def test_the_mask_slots_share_one_learned_state(k: int) -> None:
     positions, attend = parallel_layout(4, k)
     assert positions.numel() == 4 * k and attend.shape == (4 * k, 4 * k)
     assert drafter.mask_state().shape == (64,) and drafter.mask_hidden.requires_grad
+
+
+def test_a_recipe_stopped_mid_stage_resumes_at_the_first_missing_shard(tmp_path) -> None:
+    """A large target's data takes several sessions: each finished shard is kept, a killed one is redone."""
+    from engine.plugins.speculative.train_drafter import sharded
+
+    built: list[list[int]] = []
+
+    def square(part: list[int], fail_at: int | None = None) -> list[int]:
+        if fail_at in part:
+            raise KeyboardInterrupt  # the session ends while this shard is in progress
+        built.append(part)
+        return [x * x for x in part]
+
+    with pytest.raises(KeyboardInterrupt):
+        sharded(tmp_path, "squares", list(range(10)), 4, lambda part: square(part, fail_at=5))
+    assert built == [[0, 1, 2, 3]] and sorted(p.name for p in tmp_path.iterdir()) == ["squares-000.pt"]
+    assert sharded(tmp_path, "squares", list(range(10)), 4, square) == [x * x for x in range(10)]
+    assert built == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # the first shard was read back, not rebuilt

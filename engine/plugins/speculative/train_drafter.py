@@ -1,8 +1,10 @@
 """Train the one-forward parallel drafter (``--speculative mtp``) for a target model, on a CPU.
 
-    python -m engine.plugins.speculative.train_drafter --target DIR --out DIR [--preset cpu|smoke]
+    python -m engine.plugins.speculative.train_drafter --target DIR --out DIR [--preset cpu|cpu-large|smoke]
 
-Stages, each cached under ``--work`` so a rerun resumes:
+Stages, cached in shards under ``--work`` (default ``~/.cache/leanserve/drafter/<target>``) so a run
+stopped anywhere resumes at the first missing shard; ``--data-only`` stops after stage 2, so the data
+of a large target can be gathered over several sessions:
 1. generate: the target's own greedy answers (vLLM, offline) to chat and code prompts
    (training_data.py) and to held-out HumanEval stubs and bench chat prompts (evaluation);
 2. features: the target's three EAGLE-3 residual streams at every position (transformers);
@@ -24,8 +26,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +46,8 @@ from engine.plugins.speculative.parallel_head import (
 from engine.plugins.speculative.training_data import chat_prompts, code_prompts, stdlib_source_text
 
 IGNORE = -100
+GENERATION_SHARD = 128  # prompts per cached generation shard: a full vLLM batch on this CPU
+FEATURE_SHARD = 64      # sequences per cached residual-stream shard (~0.1-0.2 GB at a 1.5 B target's width)
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ PRESETS = {
     "cpu": Preset(chat_prompts=700, code_prompts=900, eval_code=80, eval_chat=60, max_new_tokens=256,
                   draft_vocab=4096, draft_tokens=4, anchors_per_sequence=96, batch_sequences=8, epochs=3, lr=2e-3,
                   text_tokens=300_000),
+    # A ~1.5 B target (Qwen2.5-Coder-1.5B-Instruct): each answer token costs ~11x the 135M's, so about a third
+    # of the data; generation and residual streams take several CPU hours, gathered in shards (--data-only).
+    "cpu-large": Preset(chat_prompts=250, code_prompts=350, eval_code=40, eval_chat=30, max_new_tokens=256,
+                        draft_vocab=4096, draft_tokens=3, anchors_per_sequence=96, batch_sequences=8, epochs=3,
+                        lr=2e-3, text_tokens=60_000),
     # Seconds: checks the recipe end to end.
     "smoke": Preset(chat_prompts=6, code_prompts=6, eval_code=3, eval_chat=3, max_new_tokens=24,
                     draft_vocab=512, draft_tokens=3, anchors_per_sequence=8, batch_sequences=4, epochs=1, lr=2e-3,
@@ -76,20 +87,33 @@ def _log(message: str) -> None:
     print(f"[train_drafter {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def generate(target: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """The target's greedy answers, as prompt + answer ids, from vLLM's own engine (fast on a CPU)."""
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+class Generator:
+    """The target's greedy answers, as prompt + answer ids, from vLLM's own engine (fast on a CPU).
 
-    # A fixed KV cache: vLLM's CPU default reserves most of the node and fails beside a running server.
-    llm = LLM(model=str(target), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0,
-              kv_cache_memory_bytes=2 << 30)
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
-    answers = [list(p) + list(o.outputs[0].token_ids) for p, o in zip(prompts, outputs, strict=True)]
-    del llm
-    gc.collect()
-    return answers
+    The engine starts at the first shard that is not cached yet and serves every later one
+    (a 1.5 B target takes a minute to load); ``close`` frees it before transformers loads the target."""
+
+    def __init__(self, target: Path, max_new_tokens: int) -> None:
+        self._target, self._max_new_tokens = target, max_new_tokens
+        self._llm = None
+
+    def __call__(self, prompts: list[list[int]]) -> list[list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self._llm is None:
+            from vllm import LLM
+
+            # A fixed KV cache: vLLM's CPU default reserves most of the node and fails beside a running server.
+            self._llm = LLM(model=str(self._target), dtype="float32", max_model_len=2048, enforce_eager=True,
+                            seed=0, kv_cache_memory_bytes=2 << 30)
+        params = SamplingParams(temperature=0.0, max_tokens=self._max_new_tokens)
+        outputs = self._llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+        return [list(p) + list(o.outputs[0].token_ids) for p, o in zip(prompts, outputs, strict=True)]
+
+    def close(self) -> None:
+        self._llm = None
+        gc.collect()
 
 
 def _held_out_prompts(tokenizer, preset: Preset) -> dict[str, list[list[int]]]:
@@ -234,13 +258,18 @@ def replay_greedy(drafts: list[torch.Tensor], examples: list[Example], k: int) -
             "target_steps": steps}
 
 
+def text_chunks(text_ids: list[int], length: int) -> list[list[int]]:
+    """Running text cut into ``length``-token pieces (a last piece shorter than half is dropped)."""
+    return [text_ids[start: start + length] for start in range(0, len(text_ids) - length // 2, length)]
+
+
 @torch.no_grad()
-def text_examples(model, text_ids: list[int], length: int, layers: tuple[int, ...]) -> list[Example]:
+def text_examples(model, chunks: list[list[int]], layers: tuple[int, ...]) -> list[Example]:
     """Running text (standard-library source, Austen) teacher-forced, labelled with the target's own
     greedy next token at every position: distillation on text the target did not write."""
     examples = []
-    for start in range(0, len(text_ids) - length // 2, length):
-        ids = torch.tensor(text_ids[start: start + length])
+    for chunk in chunks:
+        ids = torch.tensor(chunk)
         out = model(input_ids=ids[None], output_hidden_states=True)
         aux = torch.cat([out.hidden_states[i][0] for i in layers], dim=-1).to(torch.float16)
         examples.append(Example(ids, aux, 1, out.logits[0].argmax(-1)))
@@ -262,30 +291,50 @@ def serve_draft_tokens(by_k: dict[str, dict]) -> int:
     return min(int(k) for k, r in by_k.items() if r["mean_tokens_per_target_step"] >= best - 0.02)
 
 
-def _examples(model, sequences: list[list[int]], prompt_lengths: list[int], layers: tuple[int, ...]) -> list[Example]:
+def _examples(model, answers: list[tuple[list[int], int]], layers: tuple[int, ...]) -> list[Example]:
+    """(prompt + answer ids, prompt length) pairs with the target's residual streams."""
     return [Example(torch.tensor(seq), aux_states(model, seq, layers), start)
-            for seq, start in zip(sequences, prompt_lengths, strict=True) if len(seq) > start + 2]
+            for seq, start in answers if len(seq) > start + 2]
 
 
-def _cached(path: Path, build):
+def _cached(path: Path, build: Callable[[], Any]) -> Any:
+    """``build()``, saved at ``path`` (written to a side file, then renamed: a run killed mid-save
+    leaves no half shard behind); read back from there when it exists."""
     if path.exists():
         return torch.load(path, weights_only=False)
     value = build()
-    torch.save(value, path)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(value, partial)
+    partial.replace(path)
     return value
+
+
+def sharded(work: Path, stem: str, items: list, shard_size: int, build: Callable[[list], list]) -> list:
+    """``build`` over ``items`` in shards of ``shard_size``, each cached as ``stem-NNN.pt`` once done:
+    a run stopped anywhere (a session's end) loses at most the shard in progress."""
+    done = []
+    for index, start in enumerate(range(0, len(items), shard_size)):
+        shard = items[start: start + shard_size]
+        done += _cached(work / f"{stem}-{index:03d}.pt", lambda shard=shard: build(shard))
+    return done
 
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", required=True, type=Path, help="HF directory of the target model")
     parser.add_argument("--out", required=True, type=Path, help="where the drafter is written")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/leanserve-drafter"), help="stage cache")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="stage cache (default ~/.cache/leanserve/drafter/<target directory name>)")
+    parser.add_argument("--data-only", action="store_true",
+                        help="gather the generations and residual streams (resumable shards), then stop")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, default=1,
                         help="drafter layers: a second one lets mask slots ask about what the first read")
     parser.add_argument("--intermediate-size", type=int, default=None,
                         help="the drafter's MLP width (default: the target's); narrower keeps 2 layers under 20 MB")
+    parser.add_argument("--num-heads", type=int, default=None,
+                        help="the drafter's attention heads (default: the target's); a multiple of its KV heads")
     parser.add_argument("--draft-tokens", type=int, default=None, help="K trained and replayed (default: the preset's)")
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="shrink the schedule so training ends within this many seconds")
@@ -301,30 +350,33 @@ def main() -> None:
         preset = replace(preset, draft_tokens=args.draft_tokens)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    args.work.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path.home() / ".cache" / "leanserve" / "drafter" / args.target.name
+    work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(args.target)
     target_config = json.loads((args.target / "config.json").read_text())
     layers = default_aux_layers(target_config["num_hidden_layers"])
 
-    def build_generations() -> dict:
-        prompts = {"train": training_prompts(tokenizer, preset, args.seed), **_held_out_prompts(tokenizer, preset)}
-        flat = [p for group in prompts.values() for p in group]
-        answers = iter(generate(args.target, flat, preset.max_new_tokens))
-        return {name: [(next(answers), len(p)) for p in group] for name, group in prompts.items()}
-
-    generations = _cached(args.work / f"generations-{args.preset}.pt", build_generations)
+    prompts = {"train": training_prompts(tokenizer, preset, args.seed), **_held_out_prompts(tokenizer, preset)}
+    generator = Generator(args.target, preset.max_new_tokens)
+    generations = {name: list(zip(sharded(work, f"generations-{args.preset}-{name}", group, GENERATION_SHARD,
+                                          generator), map(len, group), strict=True))
+                   for name, group in prompts.items()}
+    generator.close()
     _log(f"generations: { {k: sum(len(s) - n for s, n in v) for k, v in generations.items()} } answer tokens "
          f"({time.time() - started:.0f} s)")
     model = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
     model.requires_grad_(False)
-    examples = _cached(args.work / f"features-{args.preset}.pt", lambda: {
-        name: _examples(model, [s for s, _ in group], [n for _, n in group], layers)
-        for name, group in generations.items()})
+    examples = {name: sharded(work, f"features-{args.preset}-{name}", group, FEATURE_SHARD,
+                              lambda answers: _examples(model, answers, layers))
+                for name, group in generations.items()}
     if preset.text_tokens:
-        examples["train"] = examples["train"] + _cached(args.work / f"text-{args.preset}.pt", lambda: text_examples(
-            model, _running_text(tokenizer, preset.text_tokens), 384, layers))
+        chunks = text_chunks(_running_text(tokenizer, preset.text_tokens), 384)
+        examples["train"] = examples["train"] + sharded(work, f"text-{args.preset}", chunks, FEATURE_SHARD,
+                                                        lambda part: text_examples(model, part, layers))
     _log(f"features ready ({time.time() - started:.0f} s)")
+    if args.data_only:
+        return
 
     counts = torch.zeros(target_config["vocab_size"], dtype=torch.long)
     for e in examples["train"]:
@@ -337,6 +389,8 @@ def main() -> None:
     head_shape = HeadShape.from_target_config(target_config)
     if args.intermediate_size:
         head_shape = replace(head_shape, intermediate_size=args.intermediate_size)
+    if args.num_heads:
+        head_shape = replace(head_shape, num_heads=args.num_heads)
     shape = DrafterShape(head_shape, layers, preset.draft_vocab,
                          mask_token(tokenizer, counts), args.layers)
     drafter = ParallelDrafter(shape)
@@ -387,7 +441,8 @@ def main() -> None:
     metrics = {
         "serve_draft_tokens": serve_draft_tokens(held_out["code"]),
         "recipe": "python -m engine.plugins.speculative.train_drafter", "preset": args.preset,
-        "preset_values": asdict(preset), "drafter_layers": args.layers, "intermediate_size": head_shape.intermediate_size, "aux_layers": list(layers), "mask_token_id": shape.mask_token_id,
+        "preset_values": asdict(preset), "drafter_layers": args.layers,
+        "intermediate_size": head_shape.intermediate_size, "num_heads": head_shape.num_heads, "aux_layers": list(layers), "mask_token_id": shape.mask_token_id,
         "draft_vocab_coverage": round(coverage, 4), "device": "cpu", "torch_threads": torch.get_num_threads(),
         "answer_tokens": {k: sum(e.ids.numel() - e.answer_start for e in v) for k, v in examples.items()},
         "optimizer_steps": total, "wall_seconds": round(time.time() - started, 1), "held_out": held_out,
