@@ -101,6 +101,18 @@ def test_the_checkpoint_is_what_vllms_eagle3_loader_reads_and_round_trips(tmp_pa
     assert is_parallel_drafter(tmp_path)
 
 
+def test_a_qwen2_targets_drafter_config_loads_as_a_one_layer_llama(tmp_path) -> None:
+    """Qwen2 configs list one attention type per layer (and sliding-window fields); a drafter config that
+    inherited them would fail transformers' validation in vLLM's loader (28 layer types for 1 layer)."""
+    from transformers import AutoConfig
+
+    qwen2 = {**TARGET, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "max_window_layers": 8,
+             "layer_types": ["full_attention"] * 8, "sliding_window": None, "use_sliding_window": False}
+    save_drafter(_drafter(), qwen2, tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.model_type == "llama" and config.num_hidden_layers == 1 and config.num_attention_heads == 4
+
+
 def test_mtp_serves_a_parallel_drafter_with_vllms_parallel_drafting(tmp_path) -> None:
     save_drafter(_drafter(), TARGET, tmp_path)
     config = vllm_speculative_config(SpeculationSpec("mtp", str(tmp_path)), None, "SmolLM2-135M-Instruct")

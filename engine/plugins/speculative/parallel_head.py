@@ -37,6 +37,9 @@ from torch import nn
 from engine.plugins.speculative.eagle_head import HeadShape, rope
 
 _WEIGHTS_FILE = "model.safetensors"
+# Target config fields that describe the target's own layer stack (Qwen2: one attention type per layer, sliding
+# windows); the drafter's config must not inherit them (transformers rejects 28 layer types for 1 layer).
+_TARGET_LAYOUT_KEYS = ("layer_types", "max_window_layers", "sliding_window", "use_sliding_window")
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,8 @@ def save_drafter(drafter: ParallelDrafter, target_config: dict, out_dir: Path,
     tensors["d2t"] = (ids - torch.arange(ids.numel())).to(torch.int64)  # vLLM adds the draft id back
     save_file(tensors, str(out_dir / _WEIGHTS_FILE))
     s = drafter.shape
-    config = {key: value for key, value in target_config.items() if not key.startswith("_")}
+    config = {key: value for key, value in target_config.items()
+              if not key.startswith("_") and key not in _TARGET_LAYOUT_KEYS}
     config.update({
         "architectures": ["Eagle3LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": s.num_layers,
         "intermediate_size": s.head.intermediate_size, "num_attention_heads": s.head.num_heads,
