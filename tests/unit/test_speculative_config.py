@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from engine.plugins.speculative.config import (
     SUFFIX_PROPOSER,
     SpeculationSpec,
+    is_parallel_drafter,
     parse_speculative,
     shipped_head,
     vllm_speculative_config,
@@ -108,9 +109,21 @@ def test_mtp_uses_the_head_shipped_for_the_default_model() -> None:
     assert (head / "model.safetensors").stat().st_size < 20 * 1024 * 1024
 
 
+def test_mtp_uses_the_head_shipped_for_the_qwen_coder_target() -> None:
+    head = shipped_head("Qwen2.5-Coder-1.5B-Instruct")
+    assert head is not None and is_parallel_drafter(head)
+    config = vllm_speculative_config(parse_speculative("mtp"), None, "Qwen2.5-Coder-1.5B-Instruct")
+    assert config["method"] == "eagle3" and config["model"] == str(head) and config["parallel_drafting"]
+    shipped = json.loads((head / "config.json").read_text())
+    # The target's width and vocabulary (its embedding is shared), its 28 layers' EAGLE-3 taps, a small draft vocabulary.
+    assert shipped["hidden_size"] == 1536 and shipped["vocab_size"] == 151936 and shipped["draft_vocab_size"] == 4096
+    assert shipped["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [2, 14, 25]
+    assert "layer_types" not in shipped and 0 <= shipped["mask_token_id"] < shipped["vocab_size"]
+
+
 def test_mtp_without_a_head_explains_how_to_get_one(tmp_path) -> None:
     with pytest.raises(ValueError, match="train_drafter"):
-        vllm_speculative_config(parse_speculative("mtp"), None, "Qwen2.5-Coder-1.5B-Instruct")
+        vllm_speculative_config(parse_speculative("mtp"), None, "Qwen2.5-Coder-0.5B-Instruct")
     with pytest.raises(ValueError, match="no config.json"):
         vllm_speculative_config(parse_speculative(f"mtp:{tmp_path}"), None, "any")
 
