@@ -2,6 +2,7 @@
 
     python -m benchmarks.spec_step_profile [--prompts 6] [--max-tokens 128] [--out benchmarks/results/spec_step_profile]
     python -m benchmarks.spec_step_profile --batch 8 --prompts 16 --out benchmarks/results/spec_step_profile_batch8
+    python -m benchmarks.spec_step_profile --target Qwen2.5-Coder-1.5B-Instruct --batch 8 --only "none,mtp k=2,mtp drafts off"
 
 Runs vLLM in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and times the model runner's
 own stages around every step: input preparation, the target's forward, logits + sampling (the
@@ -162,13 +163,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="requests generated together")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over all configurations, order alternating")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/spec_step_profile"))
+    parser.add_argument("--target", default="SmolLM2-135M-Instruct", help="served model (catalogue name)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated configuration names to run (default: all), e.g. 'none,mtp k=2'")
     args = parser.parse_args()
     from engine.plugins.speculative.config import parse_speculative, vllm_speculative_config
 
-    target = resolve_model("SmolLM2-135M-Instruct", Settings().cache_dir).path
+    served = args.target
+    target = resolve_model(served, Settings().cache_dir).path
     spec = parse_speculative(f"mtp:{args.head}" if args.head else "mtp")
     prompts = [p["prompt"] for p in humaneval_problems()[-args.prompts:]]  # the last stubs: not in the recipe's eval
-    served = "SmolLM2-135M-Instruct"
     suffix = parse_speculative("suffix")
     configs = [("none", None)] + [
         (f"mtp k={k}", vllm_speculative_config(spec, k, served)) for k in ((2, 3) if args.batch == 1 else (2,))] + [
@@ -180,6 +184,12 @@ def main() -> None:
                         for name, method, k in (("ngram", parse_speculative("ngram"), 4), ("mtp", spec, 2),
                                                 ("suffix", suffix, None)) for quiet in (False, True)
                         if quiet or name != "suffix"]
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",")]
+        unknown = set(wanted) - {name for name, _, _ in configs}
+        if unknown:
+            parser.error(f"--only: no configuration {sorted(unknown)}; there are {[n for n, _, _ in configs]}")
+        configs = [c for c in configs if c[0] in wanted]
     runs = []
     for round_index in range(args.rounds):  # alternate the order: this machine's speed drifts
         for name, config, quiet in configs if round_index % 2 == 0 else configs[::-1]:
@@ -189,7 +199,7 @@ def main() -> None:
                               if k != "speculative_config"}), flush=True)
     rows = [mean_row([r for r in runs if r["config"] == name]) for name, _, _ in configs]
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"command": "python -m benchmarks.spec_step_profile", "batch": args.batch, "date": time.strftime("%Y-%m-%d"),
+    result = {"command": "python -m benchmarks.spec_step_profile", "target": served, "batch": args.batch, "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows,
               "runs": runs}
     (args.out / "results.json").write_text(json.dumps(result, indent=1))

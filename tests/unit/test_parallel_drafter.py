@@ -148,3 +148,34 @@ def test_a_recipe_stopped_mid_stage_resumes_at_the_first_missing_shard(tmp_path)
     assert built == [[0, 1, 2, 3]] and sorted(p.name for p in tmp_path.iterdir()) == ["squares-000.pt"]
     assert sharded(tmp_path, "squares", list(range(10)), 4, square) == [x * x for x in range(10)]
     assert built == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # the first shard was read back, not rebuilt
+
+
+def test_a_drafter_reading_fewer_taps_trains_on_those_columns_of_the_gathered_streams() -> None:
+    """The stage cache holds three taps; a one-tap drafter (a 4x smaller fc at a 1.5B target's width)
+    must read exactly the chosen layer's residual stream, or it learns on features vLLM never hands it."""
+    from engine.plugins.speculative.train_drafter import select_taps
+
+    per_layer = [torch.full((5, 4), float(layer)) for layer in (2, 14, 25)]
+    aux = torch.cat(per_layer, dim=-1)                                            # [T, 3 * H]
+    assert select_taps(aux, (2, 14, 25), (25,)).equal(per_layer[2])
+    assert select_taps(aux, (2, 14, 25), (25, 2)).equal(torch.cat((per_layer[2], per_layer[0]), dim=-1))
+    assert select_taps(aux, (2, 14, 25), (2, 14, 25)) is aux
+    with pytest.raises(ValueError, match=r"taps \[7\] were not gathered"):
+        select_taps(aux, (2, 14, 25), (7,))
+
+
+@torch.no_grad()
+def test_a_one_tap_drafter_declares_its_single_layer_to_vllm(tmp_path) -> None:
+    """vLLM sizes the drafter's fc from the length of ``eagle_aux_hidden_state_layer_ids`` and captures
+    those layers in the target: a one-tap checkpoint must say one layer and carry an H x H fc."""
+    torch.manual_seed(0)
+    shape = DrafterShape(HeadShape.from_target_config(TARGET), (5,), 40, mask_token_id=7)
+    drafter = ParallelDrafter(shape)
+    save_drafter(drafter, TARGET, tmp_path, dtype=torch.float32)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [5]
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    assert tensors["fc.weight"].shape == (64, 64) and tensors["mask_hidden"].shape == (64,)
+    assert load_drafter(tmp_path).fc.weight.equal(drafter.fc.weight)

@@ -145,6 +145,20 @@ def aux_states(model, sequence: list[int], layers: tuple[int, ...]) -> torch.Ten
     return torch.cat([out.hidden_states[i][0] for i in layers], dim=-1).to(torch.float16)
 
 
+def select_taps(aux: torch.Tensor, gathered: tuple[int, ...], chosen: tuple[int, ...]) -> torch.Tensor:
+    """[T, len(gathered) * H] -> [T, len(chosen) * H]: the residual streams of the ``chosen`` layers, in
+    that order, out of the ones gathered (the cache holds vLLM's three default taps; a drafter with fewer
+    taps has a smaller ``fc``, the largest matrix of a wide target's drafter after its head)."""
+    missing = [layer for layer in chosen if layer not in gathered]
+    if missing:
+        raise ValueError(f"taps {missing} were not gathered (the cache holds {list(gathered)})")
+    if chosen == gathered:
+        return aux
+    length = aux.shape[0]
+    per_layer = aux.view(length, len(gathered), -1)                                # [T, G, H]
+    return per_layer[:, [gathered.index(layer) for layer in chosen]].reshape(length, -1).clone()
+
+
 def mask_token(tokenizer, counts: torch.Tensor) -> int:
     """An added (special) token the data never contains: its embedding marks a mask slot."""
     reserved = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
@@ -157,7 +171,7 @@ def mask_token(tokenizer, counts: torch.Tensor) -> int:
 @dataclass
 class Example:
     ids: torch.Tensor        # [T] prompt + answer (or running text)
-    aux: torch.Tensor        # [T, 3H] float16
+    aux: torch.Tensor        # [T, taps * H] float16
     answer_start: int        # first position whose token the drafter must learn
     greedy: torch.Tensor | None = None  # [T] the target's greedy token after position t (running text);
                                         # None for the target's own answers, where it is ids[t + 1]
@@ -335,6 +349,14 @@ def _parse() -> argparse.Namespace:
                         help="the drafter's MLP width (default: the target's); narrower keeps 2 layers under 20 MB")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="the drafter's attention heads (default: the target's); a multiple of its KV heads")
+    parser.add_argument("--num-kv-heads", type=int, default=None,
+                        help="the drafter's KV heads (default: the target's); must divide --num-heads")
+    parser.add_argument("--aux-layers", type=lambda text: tuple(int(x) for x in text.split(",")), default=None,
+                        help="the target layers whose residual streams the drafter reads, e.g. 25 (default: "
+                             "vLLM's EAGLE-3 three); a subset of the gathered three needs no new data")
+    parser.add_argument("--draft-vocab", type=int, default=None,
+                        help="rows of the draft head (default: the preset's); the head is H x this")
+    parser.add_argument("--epochs", type=int, default=None, help="passes over the data (default: the preset's)")
     parser.add_argument("--draft-tokens", type=int, default=None, help="K trained and replayed (default: the preset's)")
     parser.add_argument("--time-budget-s", type=float, default=None,
                         help="shrink the schedule so training ends within this many seconds")
@@ -348,6 +370,10 @@ def main() -> None:
     preset = PRESETS[args.preset]
     if args.draft_tokens:
         preset = replace(preset, draft_tokens=args.draft_tokens)
+    if args.draft_vocab:
+        preset = replace(preset, draft_vocab=args.draft_vocab)
+    if args.epochs:
+        preset = replace(preset, epochs=args.epochs)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     work = args.work or Path.home() / ".cache" / "leanserve" / "drafter" / args.target.name
@@ -377,6 +403,10 @@ def main() -> None:
     _log(f"features ready ({time.time() - started:.0f} s)")
     if args.data_only:
         return
+    taps = args.aux_layers or layers
+    for group in examples.values():
+        for example in group:
+            example.aux = select_taps(example.aux, layers, taps)
 
     counts = torch.zeros(target_config["vocab_size"], dtype=torch.long)
     for e in examples["train"]:
@@ -391,7 +421,9 @@ def main() -> None:
         head_shape = replace(head_shape, intermediate_size=args.intermediate_size)
     if args.num_heads:
         head_shape = replace(head_shape, num_heads=args.num_heads)
-    shape = DrafterShape(head_shape, layers, preset.draft_vocab,
+    if args.num_kv_heads:
+        head_shape = replace(head_shape, num_kv_heads=args.num_kv_heads)
+    shape = DrafterShape(head_shape, taps, preset.draft_vocab,
                          mask_token(tokenizer, counts), args.layers)
     drafter = ParallelDrafter(shape)
     drafter.draft_to_target.copy_(vocab)
@@ -442,7 +474,8 @@ def main() -> None:
         "serve_draft_tokens": serve_draft_tokens(held_out["code"]),
         "recipe": "python -m engine.plugins.speculative.train_drafter", "preset": args.preset,
         "preset_values": asdict(preset), "drafter_layers": args.layers,
-        "intermediate_size": head_shape.intermediate_size, "num_heads": head_shape.num_heads, "aux_layers": list(layers), "mask_token_id": shape.mask_token_id,
+        "intermediate_size": head_shape.intermediate_size, "num_heads": head_shape.num_heads,
+        "num_kv_heads": head_shape.num_kv_heads, "aux_layers": list(taps), "mask_token_id": shape.mask_token_id,
         "draft_vocab_coverage": round(coverage, 4), "device": "cpu", "torch_threads": torch.get_num_threads(),
         "answer_tokens": {k: sum(e.ids.numel() - e.answer_start for e in v) for k, v in examples.items()},
         "optimizer_steps": total, "wall_seconds": round(time.time() - started, 1), "held_out": held_out,
