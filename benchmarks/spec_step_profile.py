@@ -175,7 +175,7 @@ def main() -> None:
     prompts = [p["prompt"] for p in humaneval_problems()[-args.prompts:]]  # the last stubs: not in the recipe's eval
     suffix = parse_speculative("suffix")
     configs = [("none", None)] + [
-        (f"mtp k={k}", vllm_speculative_config(spec, k, served)) for k in ((2, 3) if args.batch == 1 else (2,))] + [
+        (f"mtp k={k}", vllm_speculative_config(spec, k, served)) for k in ((1, 2, 3) if args.batch == 1 else (2,))] + [
         ("suffix k=8", vllm_speculative_config(suffix, None, served))]
     configs = [(name, config, True) for name, config in configs]
     if args.batch > 1:  # what the speculative path costs in steps that draft nothing (max-batch 0), hooks or not

@@ -179,3 +179,16 @@ def test_a_one_tap_drafter_declares_its_single_layer_to_vllm(tmp_path) -> None:
     tensors = load_file(str(tmp_path / "model.safetensors"))
     assert tensors["fc.weight"].shape == (64, 64) and tensors["mask_hidden"].shape == (64,)
     assert load_drafter(tmp_path).fc.weight.equal(drafter.fc.weight)
+
+
+def test_the_recipe_never_serves_a_single_draft_where_two_were_replayed() -> None:
+    """One draft verifies 2 rows, which this CPU's GEMM runs slower than 3 (RESULTS.md, the verification cost curve)."""
+    from engine.plugins.speculative.train_drafter import serve_draft_tokens
+
+    def replay(*tokens_per_step: float) -> dict[str, dict]:
+        return {str(k): {"mean_tokens_per_target_step": t} for k, t in enumerate(tokens_per_step, start=1)}
+
+    assert serve_draft_tokens(replay(1.379, 1.393, 1.393)) == 2   # the mask slot adds little: still 2, not 1
+    assert serve_draft_tokens(replay(1.30, 1.45, 1.46, 1.46)) == 2
+    assert serve_draft_tokens(replay(1.30, 1.45, 1.55, 1.56)) == 3  # later drafts still pay: the shortest near the best
+    assert serve_draft_tokens(replay(1.2)) == 1                      # only K = 1 was replayed

@@ -299,10 +299,15 @@ def _running_text(tokenizer, tokens: int) -> list[int]:
 
 
 def serve_draft_tokens(by_k: dict[str, dict]) -> int:
-    """The shortest K within 0.02 tokens/step of the best: a longer draft costs verification work
-    (K + 1 positions per target forward) for drafts that are almost never accepted."""
+    """The shortest K within 0.02 tokens/step of the best, but not 1 where 2 was replayed.
+
+    A longer draft costs verification work (K + 1 positions per target forward) for drafts that
+    are almost never accepted; yet on this CPU a 2-row forward is slower than a 3-row one (oneDNN's
+    2-row kernel: benchmarks/RESULTS.md, the verification cost curve; the 1.5B's step at one
+    request: 319 ms with K = 1 against 254 ms with K = 2, spec_step_profile), so K = 1 never pays."""
     best = max(r["mean_tokens_per_target_step"] for r in by_k.values())
-    return min(int(k) for k, r in by_k.items() if r["mean_tokens_per_target_step"] >= best - 0.02)
+    shortest = min(int(k) for k, r in by_k.items() if r["mean_tokens_per_target_step"] >= best - 0.02)
+    return 2 if shortest == 1 and "2" in by_k else shortest
 
 
 def _examples(model, answers: list[tuple[list[int], int]], layers: tuple[int, ...]) -> list[Example]:
