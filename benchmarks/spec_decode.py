@@ -54,6 +54,9 @@ QWEN_SUFFIX = (QWEN[0], ServerConfig("qwen1.5b suffix k=8", (*QWEN_TARGET, "--sp
 QWEN_ALL = (*QWEN, QWEN_SUFFIX[1], ServerConfig("qwen1.5b ngram k=4", (*QWEN_TARGET, "--speculative", "ngram")))
 # The one-forward learned drafter shipped for the 1.5B (heads/Qwen2.5-Coder-1.5B-Instruct/) beside no speculation.
 QWEN_MTP = (QWEN[0], ServerConfig("qwen1.5b mtp", (*QWEN_TARGET, "--speculative", "mtp")))
+# A lone request never verifies exactly one draft (draft_length.py, session 37) beside the code before that rule.
+QWEN_MTP_LONE = (QWEN[0], ServerConfig("qwen1.5b mtp (9bc30cf: lone 1-draft steps)", QWEN_MTP[1].flags, revision="9bc30cf"),
+                 ServerConfig("qwen1.5b mtp", QWEN_MTP[1].flags))
 # Under load: each method as shipped (drafting at every batch size) beside the same method with
 # --speculative-max-batch (no drafts in steps above N requests), against no speculation, in one run.
 LOAD = (
@@ -123,7 +126,7 @@ SUFFIX_KNOBS = (
 )
 SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD, "quiet": QUIET,
           "openmp": OPENMP, "adaptive": ADAPTIVE, "shipped": SHIPPED,
-          "qwen_suffix": QWEN_SUFFIX, "qwen_mtp": QWEN_MTP, "qwen_all": QWEN_ALL, "suffix_knobs": SUFFIX_KNOBS,
+          "qwen_suffix": QWEN_SUFFIX, "qwen_mtp": QWEN_MTP, "qwen_mtp_lone": QWEN_MTP_LONE, "qwen_all": QWEN_ALL, "suffix_knobs": SUFFIX_KNOBS,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 

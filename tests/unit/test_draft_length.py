@@ -62,12 +62,32 @@ def test_a_request_that_stopped_drafting_probes_again_and_recovers():
         lengths.observe("turns", 4, 0)
     assert _next_drafts(lengths, "turns", 1) == []
     probes = [len(_next_drafts(lengths, "turns", 1)) for _ in range(16)]
-    assert probes.count(1) == 2 and set(probes) == {0, 1}, probes  # one draft every PROBE_EVERY steps
+    assert probes.count(2) == 2 and set(probes) == {0, 2}, probes  # a probe every PROBE_EVERY steps (2 drafts alone)
     for _ in range(24):  # the text turned into something the drafter predicts
         drafts = _next_drafts(lengths, "turns", 1)
         if drafts:
             lengths.observe("turns", len(drafts), len(drafts))
     assert _next_drafts(lengths, "turns", 1) == DRAFTS
+
+
+def _one_draft_request(lengths: DraftLengths) -> None:
+    """Verifications that leave ``alpha`` where exactly one draft is worth it at batch 1 (0.1 <= alpha < 0.32)."""
+    for step in range(30):
+        lengths.observe("mid", 4, 1 if step % 5 == 0 else 0)
+    assert 0.1 <= lengths._requests["mid"].alpha < 0.1 ** 0.5
+
+
+def test_a_request_running_alone_verifies_two_drafts_where_one_was_planned():
+    lengths = DraftLengths(0.1)
+    _one_draft_request(lengths)
+    assert lengths.plan(["mid"], 4) == 2 and lengths.keep("mid", list(DRAFTS)) == DRAFTS[:2]
+
+
+def test_in_a_batch_or_with_one_draft_at_most_a_single_draft_stays_single():
+    lengths = DraftLengths(0.05)
+    _one_draft_request(lengths)
+    assert lengths.plan(["mid", "other"], 4) == 4 and lengths.keep("mid", list(DRAFTS)) == DRAFTS[:1]  # 2 * 0.05
+    assert lengths.plan(["mid"], 1) == 1 and lengths.keep("mid", list(DRAFTS)) == DRAFTS[:1]  # K = 1
 
 
 def test_requests_are_estimated_separately_and_finished_ones_are_dropped():

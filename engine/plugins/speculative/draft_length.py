@@ -25,6 +25,12 @@ its own recent verifications, which needs nothing from the drafter and works for
 - A request whose ``alpha`` falls below the threshold drafts nothing, except one draft every
   ``PROBE_EVERY`` steps: a probe that is accepted raises ``alpha`` again, so a request whose text
   turns predictable (a code block after prose) is back to full drafts within a few probes.
+- A request running alone never verifies exactly one draft: where it would (an ``alpha`` between the
+  threshold and its square root, or a probe) it verifies two. The drafter has run by then, so the
+  second draft costs only its row, and on this CPU a verification of two rows is the slowest there
+  is: oneDNN's 2-row GEMMs cost more than 1 or 3 rows (RESULTS.md, "one draft is the worst draft":
+  a one-draft step costs 1.12x a plain step for SmolLM2-135M and 1.17x for Qwen2.5-Coder-1.5B, a
+  two-draft step 0.93-0.97x). In a batch the rows are many already and the rule does not apply.
 
 Lossless: only drafts are removed, and verification is unchanged for the ones kept.
 """
@@ -38,6 +44,7 @@ PRIOR_ALPHA = 0.7
 PRIOR_TRIALS = 2.0
 DECAY = 0.88  # per verification: ~8 verifications of memory
 PROBE_EVERY = 8  # steps without drafts before one probe draft
+FEWEST_DRAFTS_ALONE = 2  # a lone request verifies 0 or at least this many drafts (never a 2-row step)
 
 
 @dataclass
@@ -67,6 +74,11 @@ def draft_length(alpha: float, max_drafts: int, min_accept: float) -> int:
             break
         length += 1
     return length
+
+
+def _never_one_draft(length: int, max_drafts: int) -> int:
+    """A lone request's planned length with 1 raised to ``FEWEST_DRAFTS_ALONE`` (as far as ``max_drafts`` allows)."""
+    return min(FEWEST_DRAFTS_ALONE, max_drafts) if length == 1 else length
 
 
 class DraftLengths:
@@ -99,6 +111,8 @@ class DraftLengths:
         threshold = self.threshold(len(request_ids))
         self._requests = {rid: self._requests[rid] for rid in request_ids if rid in self._requests}
         self._planned = {rid: self._length(rid, max_drafts, threshold) for rid in request_ids}
+        if len(self._planned) == 1:
+            self._planned = {rid: _never_one_draft(length, max_drafts) for rid, length in self._planned.items()}
         return max(self._planned.values(), default=0)
 
     def keep(self, request_id: str, drafts: list[int]) -> list[int]:
