@@ -57,6 +57,22 @@ QWEN_MTP = (QWEN[0], ServerConfig("qwen1.5b mtp", (*QWEN_TARGET, "--speculative"
 # A lone request never verifies exactly one draft (draft_length.py, session 37) beside the code before that rule.
 QWEN_MTP_LONE = (QWEN[0], ServerConfig("qwen1.5b mtp (9bc30cf: lone 1-draft steps)", QWEN_MTP[1].flags, revision="9bc30cf"),
                  ServerConfig("qwen1.5b mtp", QWEN_MTP[1].flags))
+# What a verification of 2 rows costs in the server beside 3 (K fixed, every draft verified: the same tokens per step).
+QWEN_MTP_K = (QWEN[0], *(ServerConfig(f"qwen1.5b mtp k={k} every draft", (*QWEN_MTP[1].flags, "--num-speculative-tokens",
+                                                                        str(k), "--speculative-min-acceptance", "0"))
+                         for k in (1, 2)))
+# The same beside the code before it, on the default model (small servers: more rounds fit).
+MTP_LONE = (ServerConfig("none", ()),
+            ServerConfig("mtp (9bc30cf: lone 1-draft steps)", ("--speculative", "mtp"), revision="9bc30cf"),
+            ServerConfig("mtp", ("--speculative", "mtp")))
+# The 1.5B under load: the learned drafter and suffix decoding as shipped, beside no speculation (the draft model's
+# pair is QWEN; four 1.5B servers do not fit in 24 GB).
+QWEN_LOAD = (QWEN[0], QWEN_MTP[1], QWEN_SUFFIX[1])
+# The 1.5B under load, what the draft-every-step methods do and suffix decoding limited to steps of <= 2 requests.
+QWEN_LOAD_LIMITS = (QWEN[0], ServerConfig("qwen1.5b suffix k=8 max-batch 2", (*QWEN_SUFFIX[1].flags,
+                                                                            "--speculative-max-batch", "2")),
+                    ServerConfig("qwen1.5b ngram k=4 (no limit)", (*QWEN_TARGET, "--speculative", "ngram",
+                                                                   "--speculative-max-batch", "4096")))
 # Under load: each method as shipped (drafting at every batch size) beside the same method with
 # --speculative-max-batch (no drafts in steps above N requests), against no speculation, in one run.
 LOAD = (
@@ -126,7 +142,7 @@ SUFFIX_KNOBS = (
 )
 SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD, "quiet": QUIET,
           "openmp": OPENMP, "adaptive": ADAPTIVE, "shipped": SHIPPED,
-          "qwen_suffix": QWEN_SUFFIX, "qwen_mtp": QWEN_MTP, "qwen_mtp_lone": QWEN_MTP_LONE, "qwen_all": QWEN_ALL, "suffix_knobs": SUFFIX_KNOBS,
+          "qwen_suffix": QWEN_SUFFIX, "qwen_mtp": QWEN_MTP, "qwen_mtp_lone": QWEN_MTP_LONE, "mtp_lone": MTP_LONE, "qwen_load": QWEN_LOAD, "qwen_load_limits": QWEN_LOAD_LIMITS, "qwen_mtp_k": QWEN_MTP_K, "qwen_all": QWEN_ALL, "suffix_knobs": SUFFIX_KNOBS,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 

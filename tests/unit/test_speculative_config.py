@@ -14,6 +14,7 @@ from engine.plugins.speculative.config import (
     is_parallel_drafter,
     parse_speculative,
     shipped_head,
+    target_parameters,
     vllm_speculative_config,
 )
 from engine.plugins.speculative.suffix_index import SuffixParams
@@ -89,6 +90,43 @@ def test_drafts_stop_above_the_largest_batch_that_still_gains(method, max_batch)
     k = config["num_speculative_tokens"]
     by_batch = build_dynamic_sd_schedule_lookup(config["num_speculative_tokens_per_batch_size"], 16, k)[1:]
     assert by_batch == [k] * max_batch + [0] * (16 - max_batch)
+
+
+# The shapes of the two targets measured under load (their config.json entries).
+SMOLLM2_135M = {"hidden_size": 576, "num_hidden_layers": 30, "vocab_size": 49152, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "intermediate_size": 1536, "head_dim": 64, "tie_word_embeddings": True}
+QWEN_CODER_1_5B = {"hidden_size": 1536, "num_hidden_layers": 28, "vocab_size": 151936, "num_attention_heads": 12,
+                   "num_key_value_heads": 2, "intermediate_size": 8960, "tie_word_embeddings": False}
+
+
+def _model_dir(tmp_path: Path, name: str, config: dict) -> Path:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(config))
+    return tmp_path / name
+
+
+def test_the_target_size_is_read_from_its_config(tmp_path) -> None:
+    assert target_parameters(_model_dir(tmp_path, "small", SMOLLM2_135M)) == pytest.approx(134.5e6, rel=0.01)
+    assert target_parameters(_model_dir(tmp_path, "coder", QWEN_CODER_1_5B)) == pytest.approx(1.78e9, rel=0.01)
+    vlm = _model_dir(tmp_path, "vlm", {"model_type": "llava", "text_config": QWEN_CODER_1_5B})
+    assert target_parameters(vlm) == target_parameters(tmp_path / "coder")
+    assert target_parameters(tmp_path / "missing") is None
+    assert target_parameters(_model_dir(tmp_path, "odd", {"hidden_size": 8})) is None
+
+
+@pytest.mark.parametrize("method", ["ngram", "suffix"])
+def test_on_a_large_target_every_method_drafts_only_in_small_steps(method, tmp_path) -> None:
+    """Verification rows of a >= 1B target are compute under load (suffix decoding: 0.80-0.84x at 8 requests on
+    the 1.5B), so the methods without a limit get one there; a small target keeps drafting in every step."""
+    spec = parse_speculative(method)
+    large = vllm_speculative_config(spec, 4, "coder", target_params=target_parameters(
+        _model_dir(tmp_path, "coder", QWEN_CODER_1_5B)))
+    assert large["num_speculative_tokens_per_batch_size"] == [(1, 2, 4), (3, 3, 0)]
+    small = vllm_speculative_config(spec, 4, "small", target_params=target_parameters(
+        _model_dir(tmp_path, "small", SMOLLM2_135M)))
+    assert "num_speculative_tokens_per_batch_size" not in small
+    told = vllm_speculative_config(spec, 4, "coder", max_batch=4096, target_params=2_000_000_000)
+    assert told["num_speculative_tokens_per_batch_size"] == [(1, 4096, 4), (4097, 4097, 0)]  # the flag wins
 
 
 def test_the_max_batch_flag_is_validated() -> None:

@@ -16,7 +16,8 @@ Methods (all lossless: vLLM's rejection sampler verifies every draft against the
 
 Per request, ``extra_body={"speculative": {"enabled": false}}`` opts out (opt_out.py).
 
-``--speculative-max-batch N`` (default 2 for ``mtp`` and ``draft``, no limit for the others; ``DEFAULT_MAX_BATCH``):
+``--speculative-max-batch N`` (default 2 for ``mtp`` and ``draft``, and for every method on a target of a billion
+parameters or more; otherwise no limit: ``default_max_batch``):
 steps that run more than N requests draft nothing (vLLM's
 ``num_speculative_tokens_per_batch_size`` schedule, looked up by the scheduler each step; the suffix
 proposer, a ``custom_class`` vLLM does not pass it to, reads the same schedule itself). By default the
@@ -45,6 +46,12 @@ DEFAULT_NUM_TOKENS = {"ngram": 4, "suffix": 8, "draft": 4, "mtp": 2}
 # model runs K forwards of its own per step: the 0.5B drafting for the 1.5B is accepted ~80% of the time and gives
 # 1.92x alone, yet 0.78x at 8 requests, where the batched 1.5B step is no longer bound by reading its weights.
 DEFAULT_MAX_BATCH: dict[str, int | None] = {"ngram": None, "suffix": None, "draft": 2, "mtp": 2}
+# From this many target parameters every method drafts only in steps of at most LARGE_TARGET_MAX_BATCH requests.
+# A verification row costs a forward of the target for one token; a 135M model's rows stay cheap at 8-16 requests
+# (suffix decoding 1.26-1.34x there), but Qwen2.5-Coder-1.5B's batched step is compute-bound on 2 AVX2 cores, and
+# suffix decoding drafting in every step ran it at 0.80-0.84x at 8 requests (RESULTS.md, session 37).
+LARGE_TARGET_PARAMS = 1_000_000_000
+LARGE_TARGET_MAX_BATCH = 2
 # --speculative-min-acceptance where not given (draft_length.py). ngram verifies every draft: after the
 # numba fix it gains at every load measured, and shorter drafts only gave some of that back (RESULTS.md,
 # spec_decode_ab); a drafter's rows are worth trimming. suffix decoding sizes its drafts itself.
@@ -129,19 +136,47 @@ def draft_schedule(k: int, max_batch: int) -> list[tuple[int, int, int]]:
     return [(1, max_batch, k), (max_batch + 1, max_batch + 1, 0)]
 
 
+def target_parameters(model_dir: str | Path) -> int | None:
+    """The target's parameter count estimated from its ``config.json`` (a decoder's embedding, attention and
+    gated MLP; the text model's for a VLM); None when there is no readable config."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        text = config.get("text_config") or config
+        hidden, layers, vocab = text["hidden_size"], text["num_hidden_layers"], text["vocab_size"]
+        heads = text["num_attention_heads"]
+        head_dim = text.get("head_dim") or hidden // heads
+        kv_heads = text.get("num_key_value_heads") or heads
+        intermediate = text["intermediate_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
+    mlp = 3 * hidden * intermediate  # gate, up, down
+    embeddings = vocab * hidden * (1 if text.get("tie_word_embeddings", config.get("tie_word_embeddings")) else 2)
+    return layers * (attention + mlp) + embeddings
+
+
+def default_max_batch(method: str, target_params: int | None) -> int | None:
+    """The largest step that drafts where ``--speculative-max-batch`` is not given (None: no limit)."""
+    if DEFAULT_MAX_BATCH[method] is not None:
+        return DEFAULT_MAX_BATCH[method]
+    return LARGE_TARGET_MAX_BATCH if target_params is not None and target_params >= LARGE_TARGET_PARAMS else None
+
+
 def vllm_speculative_config(spec: SpeculationSpec, num_tokens: int | None, served_model: str,
-                            draft_path: str | None = None, max_batch: int | None = None) -> dict:
+                            draft_path: str | None = None, max_batch: int | None = None,
+                            target_params: int | None = None) -> dict:
     """The dict vLLM's ``AsyncEngineArgs(speculative_config=...)`` takes.
 
     ``draft_path`` is the resolved draft model directory (the caller resolves catalogue
     names, which may download); ``max_batch`` the largest step that still drafts (None: the
-    method's default, ``DEFAULT_MAX_BATCH``). Raises ValueError when ``mtp`` has no head for the model.
+    default for the method and the target's size, ``default_max_batch``). Raises ValueError when ``mtp`` has
+    no head for the model.
     """
     head = _head_dir(spec, served_model) if spec.method == "mtp" else None
     k = draft_tokens(spec, num_tokens, served_model)
     config = _method_config(spec, k, head, draft_path)
     if max_batch is None:
-        max_batch = DEFAULT_MAX_BATCH[spec.method]
+        max_batch = default_max_batch(spec.method, target_params)
     if max_batch is not None:
         config["num_speculative_tokens_per_batch_size"] = draft_schedule(k, max_batch)
     return config

@@ -19,6 +19,7 @@ from engine.plugins.speculative.config import (
     SpeculationSpec,
     draft_tokens,
     parse_speculative,
+    target_parameters,
     vllm_speculative_config,
 )
 from engine.plugins.speculative.stats import METRICS, SpeculationObserver, request_usage
@@ -38,8 +39,8 @@ class SpeculativeSettings(BaseModel):
     num_speculative_tokens: int | None = Field(None, gt=0, le=16, description="draft length K (default per method)")
     speculative_max_batch: int | None = Field(
         None, ge=0, le=4096,
-        description="draft only in steps that run at most this many requests (0: never; default: 2 for mtp, "
-                    "no limit for the others)")
+        description="draft only in steps that run at most this many requests (0: never; default: 2 for mtp and "
+                    "draft, and for every method on a target of >= 1B parameters; otherwise no limit)")
     speculative_min_acceptance: float | None = Field(
         None, ge=0.0, lt=1.0,
         description="verify a request's next draft only while its recent acceptance gives it at least this chance, "
@@ -68,7 +69,7 @@ class SpeculativePlugin(Plugin):
         spec = settings.speculative
         draft_path = context.resolve_model(spec.model) if spec.method == "draft" else None
         config = vllm_speculative_config(spec, settings.num_speculative_tokens, context.served_model_name, draft_path,
-                                         settings.speculative_max_batch)
+                                         settings.speculative_max_batch, target_parameters(context.model_path))
         return {"speculative_config": config, "scheduler_cls": OPT_OUT_SCHEDULER,
                 "per_request_spec_decode_metrics": "summary"}  # each finished choice's drafts: request_finished
 
