@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -124,21 +123,11 @@ def oracle(choice: Choice) -> list[int]:
 def replay(examples: list, drafts: list[torch.Tensor], rule: Rule) -> dict:
     """``rule`` over every answer in order, at concurrency 1, with its own suffix proposer (its archive fills
     answer by answer, and its state follows the tokens this rule's steps accepted)."""
-    from engine.plugins.speculative.suffix import SuffixProposer
+    from benchmarks.suffix_replay import offline_suffix_proposer
     from engine.plugins.speculative.suffix_index import SuffixParams
 
     max_len = max(e.ids.numel() for e in examples) + SUFFIX_K + 2
-    config = SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=SUFFIX_K),
-                             model_config=SimpleNamespace(max_model_len=max_len),
-                             scheduler_config=SimpleNamespace(max_num_seqs=1))
-
-    class Scored(SuffixProposer):
-        def _best_draft(self, request, max_tokens, requests):
-            draft, probs = super()._best_draft(request, max_tokens, requests)
-            self.last_score = float(sum(probs))
-            return draft, probs
-
-    proposer, figures = Scored(config, SuffixParams()), Figures()
+    proposer, figures = offline_suffix_proposer(SuffixParams(), SUFFIX_K, max_len), Figures()
     row = np.zeros((1, max_len), np.int32)
     for example, learned in zip(examples, drafts, strict=True):
         seq = example.ids.tolist()
@@ -148,7 +137,7 @@ def replay(examples: list, drafts: list[torch.Tensor], rule: Rule) -> dict:
         while n < len(seq):
             suffix = proposer.propose([last], np.array([n], np.int32), row)[0]
             # learned[t]: the drafts made at anchor t, after the target emitted x_{t+1}: here t = n - 2
-            choice = Choice(suffix, proposer.last_score if suffix else 0.0, learned[n - 2].tolist(),
+            choice = Choice(suffix, float(sum(proposer.last_probs)) if suffix else 0.0, learned[n - 2].tolist(),
                             seq[n : n + SUFFIX_K])
             draft = rule(choice)
             accepted = accepted_run(draft, choice.upcoming)

@@ -73,6 +73,8 @@ QWEN_LOAD_LIMITS = (QWEN[0], ServerConfig("qwen1.5b suffix k=8 max-batch 2", (*Q
                                                                             "--speculative-max-batch", "2")),
                     ServerConfig("qwen1.5b ngram k=4 (no limit)", (*QWEN_TARGET, "--speculative", "ngram",
                                                                    "--speculative-max-batch", "4096")))
+# ngram on the 1.5B as shipped now (drafting only in steps of <= 2 requests: the >= 1B default) beside no speculation.
+QWEN_NGRAM = (QWEN[0], ServerConfig("qwen1.5b ngram k=4", (*QWEN_TARGET, "--speculative", "ngram")))
 # Under load: each method as shipped (drafting at every batch size) beside the same method with
 # --speculative-max-batch (no drafts in steps above N requests), against no speculation, in one run.
 LOAD = (
@@ -142,7 +144,7 @@ SUFFIX_KNOBS = (
 )
 SUITES = {"smollm2": SMOLLM2, "drafter": DRAFTER, "qwen": QWEN, "all": SMOLLM2 + QWEN, "load": LOAD, "quiet": QUIET,
           "openmp": OPENMP, "adaptive": ADAPTIVE, "shipped": SHIPPED,
-          "qwen_suffix": QWEN_SUFFIX, "qwen_mtp": QWEN_MTP, "qwen_mtp_lone": QWEN_MTP_LONE, "mtp_lone": MTP_LONE, "qwen_load": QWEN_LOAD, "qwen_load_limits": QWEN_LOAD_LIMITS, "qwen_mtp_k": QWEN_MTP_K, "qwen_all": QWEN_ALL, "suffix_knobs": SUFFIX_KNOBS,
+          "qwen_suffix": QWEN_SUFFIX, "qwen_mtp": QWEN_MTP, "qwen_mtp_lone": QWEN_MTP_LONE, "mtp_lone": MTP_LONE, "qwen_load": QWEN_LOAD, "qwen_load_limits": QWEN_LOAD_LIMITS, "qwen_ngram": QWEN_NGRAM, "qwen_mtp_k": QWEN_MTP_K, "qwen_all": QWEN_ALL, "suffix_knobs": SUFFIX_KNOBS,
           "suffix": (SMOLLM2[0], SMOLLM2[3])}  # fresh-cache runs: one level per invocation
 DATASETS = ("humaneval", "chat")
 

@@ -123,23 +123,27 @@ def verification_cost(target: str, prompts: list[list[int]], max_draft: int, max
             for d, v in sorted(samples.items())}
 
 
-def replay(answers: list[dict], params: object, k: int, costs: list[float]) -> dict:
-    """Drive a fresh ``SuffixProposer`` over ``answers`` in order at concurrency 1; figures per dataset."""
+def offline_suffix_proposer(params: object, k: int, max_len: int):
+    """A ``SuffixProposer`` driven without vLLM, one request at a time (as at concurrency 1), that keeps the
+    estimated acceptance probability of each token of its last draft (``last_probs``)."""
     from engine.plugins.speculative.suffix import SuffixProposer
 
-    max_len = max(len(a["prompt"]) + len(a["answer"]) for a in answers) + k + 2
-    config = SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=k),
-                             model_config=SimpleNamespace(max_model_len=max_len),
-                             scheduler_config=SimpleNamespace(max_num_seqs=1))
     class Recording(SuffixProposer):
-        """Keeps the estimated acceptance probabilities of the last draft, to check them against the answers."""
-
         def _best_draft(self, request, max_tokens, requests):
             draft, probs = super()._best_draft(request, max_tokens, requests)
             self.last_probs = probs
             return draft, probs
 
-    proposer = Recording(config, params)
+    config = SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=k),
+                             model_config=SimpleNamespace(max_model_len=max_len),
+                             scheduler_config=SimpleNamespace(max_num_seqs=1))
+    return Recording(config, params)
+
+
+def replay(answers: list[dict], params: object, k: int, costs: list[float]) -> dict:
+    """Drive a fresh ``SuffixProposer`` over ``answers`` in order at concurrency 1; figures per dataset."""
+    max_len = max(len(a["prompt"]) + len(a["answer"]) for a in answers) + k + 2
+    proposer = offline_suffix_proposer(params, k, max_len)
     row = np.zeros((1, max_len), np.int32)
     figures: dict[str, dict] = {}
     for answer in answers:

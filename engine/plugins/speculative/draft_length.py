@@ -29,8 +29,10 @@ its own recent verifications, which needs nothing from the drafter and works for
   threshold and its square root, or a probe) it verifies two. The drafter has run by then, so the
   second draft costs only its row, and on this CPU a verification of two rows is the slowest there
   is: oneDNN's 2-row GEMMs cost more than 1 or 3 rows (RESULTS.md, "one draft is the worst draft":
-  a one-draft step costs 1.12x a plain step for SmolLM2-135M and 1.17x for Qwen2.5-Coder-1.5B, a
-  two-draft step 0.93-0.97x). In a batch the rows are many already and the rule does not apply.
+  a one-draft step costs 1.12x a plain step for SmolLM2-135M and 1.15-1.20x for Qwen2.5-Coder-1.5B
+  through the server, a two-draft step 0.9-1.0x). With the rule the default model's learned drafter
+  served chat 6.3% faster (RESULTS.md, session 37). In a batch the rows are many already and the
+  rule does not apply.
 
 Lossless: only drafts are removed, and verification is unchanged for the ones kept.
 """
